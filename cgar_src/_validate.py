@@ -1,0 +1,72 @@
+"""Input validation shared by every module: fail early, name the parameter, say what is allowed."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def as_tensor(x, name: str, *, ndim: int | Sequence[int] | None = None, dtype=None) -> torch.Tensor:
+    """Convert ``x`` to a finite floating tensor with the expected number of dimensions.
+
+    Raises ``ValueError`` naming ``name`` if the shape is wrong or the values are not finite.
+    """
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x, dtype=dtype or torch.get_default_dtype())
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{name} must be a numeric array, got {type(x).__name__}") from err
+    if dtype is not None:
+        x = x.to(dtype)
+    if x.dtype not in FLOAT_DTYPES:
+        x = x.to(torch.get_default_dtype())
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must contain only finite values (no NaN or inf)")
+    return x
+
+
+def positive(value, name: str) -> float:
+    """A finite, strictly positive scalar (beta, alpha, tolerances)."""
+    v = _scalar(value, name)
+    if not v > 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def nonnegative(value, name: str) -> float:
+    """A finite scalar >= 0 (the coupling lambda, noise levels)."""
+    v = _scalar(value, name)
+    if not v >= 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _scalar(value, name: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number, got {value!r}") from err
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v

@@ -1,0 +1,101 @@
+r"""Stage 1 of the context-gated memory: the gate :math:`g = G_\alpha(u)` (book: ``chapters/02_two_stage``).
+
+The gate is a penalised choice over the N memories,
+
+.. math:: G_\alpha(u) = \arg\max_{g \in \Delta^{N-1}} \langle g, u\rangle - \Omega_\alpha(g),
+
+with :math:`\Omega_\alpha` :math:`\eta(\alpha)`-strongly convex, so :math:`G_\alpha` is :math:`1/\eta(\alpha)`-Lipschitz.
+
+* ``"sparsemax"`` (default): :math:`\Omega_\alpha = \tfrac{\alpha}{2}\|g\|^2`, :math:`G_\alpha(u) = \mathrm{sparsemax}(u/\alpha)`
+  (exact zeros), :math:`\eta = \alpha`. Computed with the ``entmax`` package.
+* ``"softmax"`` (entropic): :math:`\Omega_\alpha = \alpha\sum_i g_i\log g_i`, :math:`G_\alpha(u) = \mathrm{softmax}(u/\alpha)`,
+  :math:`\eta = \alpha` (Pinsker; in l2 its Lipschitz constant is even :math:`1/(2\alpha)`).
+
+All functions act on the last axis and broadcast over leading (batch) axes.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from entmax import sparsemax
+
+from ._validate import as_tensor, positive
+
+GateKind = Literal["sparsemax", "softmax"]
+GATE_KINDS = ("sparsemax", "softmax")
+
+__all__ = ["gate", "eta", "gate_jacobian", "alpha_crit", "sparsemax_threshold", "peak_gate_curve", "GATE_KINDS"]
+
+
+def _kind(kind: str) -> str:
+    if kind not in GATE_KINDS:
+        raise ValueError(f"kind must be one of {GATE_KINDS}, got {kind!r}")
+    return kind
+
+
+def gate(u, alpha: float, kind: GateKind = "sparsemax") -> torch.Tensor:
+    r"""The gate :math:`G_\alpha(u)` on the last axis of ``u`` (a point of the simplex per row)."""
+    alpha = positive(alpha, "alpha")
+    u = as_tensor(u, "u")
+    if _kind(kind) == "sparsemax":
+        return sparsemax(u / alpha, dim=-1)
+    return torch.softmax(u / alpha, dim=-1)
+
+
+def eta(alpha: float, kind: GateKind = "sparsemax") -> float:
+    r"""Strong-convexity modulus :math:`\eta(\alpha)` of the regulariser; :math:`G_\alpha` is :math:`1/\eta`-Lipschitz."""
+    _kind(kind)
+    return positive(alpha, "alpha")
+
+
+def gate_jacobian(u, alpha: float, kind: GateKind = "sparsemax") -> torch.Tensor:
+    r"""Jacobian :math:`\partial G_\alpha(u)/\partial u`, shape ``(..., N, N)``.
+
+    sparsemax: :math:`(\mathrm{diag}(s) - s s^\top/|S|)/\alpha` with s the support indicator;
+    softmax: :math:`(\mathrm{diag}(g) - g g^\top)/\alpha`. Both are symmetric PSD with norm :math:`\le 1/\alpha`.
+    """
+    g = gate(u, alpha, kind)
+    if kind == "sparsemax":
+        s = (g > 0).to(g.dtype)
+        J = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2) / s.sum(-1, keepdim=True).unsqueeze(-1)
+    else:
+        J = torch.diag_embed(g) - g.unsqueeze(-1) * g.unsqueeze(-2)
+    return J / alpha
+
+
+def alpha_crit(u) -> torch.Tensor:
+    r"""Critical penalisation :math:`\alpha_{crit} = u_{(1)} - u_{(2)}`: the sparsemax gate is one-hot iff
+    :math:`\alpha \le \alpha_{crit}` (Theorem ``thm-phase``, book chapter ``04_phase_transition``)."""
+    u = as_tensor(u, "u")
+    if u.shape[-1] < 2:
+        raise ValueError(f"u must have at least 2 entries on its last axis, got shape {tuple(u.shape)}")
+    top2 = u.topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def sparsemax_threshold(z) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Threshold :math:`\tau(z)` and support size k of sparsemax, in closed form from the sorted entries:
+
+    :math:`k = \max\{j : 1 + j z_{(j)} > \sum_{i\le j} z_{(i)}\}`, :math:`\tau = (\sum_{i\le k} z_{(i)} - 1)/k`,
+    and :math:`\mathrm{sparsemax}(z)_i = \max(z_i - \tau, 0)`.
+    """
+    z = as_tensor(z, "z")
+    zs = z.sort(dim=-1, descending=True).values
+    cs = zs.cumsum(-1)
+    j = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    k = (1 + j * zs > cs).sum(-1, keepdim=True)
+    tau = (cs.gather(-1, k - 1) - 1) / k.to(z.dtype)
+    return tau.squeeze(-1), k.squeeze(-1)
+
+
+def peak_gate_curve(u, alphas) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Closed-form peak gate :math:`\max_i G_\alpha(u)_i = u_{(1)}/\alpha - \tau(u/\alpha)` and support size for
+    every alpha in ``alphas`` (shape ``(A,)``); ``u`` has shape ``(N,)``. Returns two tensors of shape ``(A,)``."""
+    u = as_tensor(u, "u", ndim=1)
+    alphas = as_tensor(alphas, "alphas", ndim=1, dtype=u.dtype)
+    if (alphas <= 0).any():
+        raise ValueError("alphas must all be > 0")
+    z = u.unsqueeze(0) / alphas.unsqueeze(1)
+    tau, k = sparsemax_threshold(z)
+    return z.amax(-1) - tau, k
