@@ -29,7 +29,8 @@ def as_tensor(x, name: str, *, ndim: int | Sequence[int] | None = None, dtype=No
             raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    # min and max are finite iff every entry is (NaN propagates through both): no boolean copy of a large tensor
+    if not (torch.isfinite(x.amax()) and torch.isfinite(x.amin())):
         raise ValueError(f"{name} must contain only finite values (no NaN or inf)")
     return x
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ._validate import as_tensor, nonnegative, positive, positive_int
-from .gate import GateKind, eta, gate, gate_jacobian
+from .gate import GateKind, _gate, _kind, eta, gate, gate_jacobian
 
 __all__ = [
     "gated_energy",
@@ -33,6 +33,7 @@ __all__ = [
     "Separation",
     "effective_separation",
     "retrieval_probability_bound",
+    "alpha_crit_coupled",
 ]
 
 
@@ -41,9 +42,14 @@ def _scores(s_q, s_c=None):
     if s_c is None:
         return s_q, None
     s_c = as_tensor(s_c, "s_c", dtype=s_q.dtype)
-    if s_c.shape != s_q.shape:
-        raise ValueError(f"s_c must have the shape of s_q {tuple(s_q.shape)}, got {tuple(s_c.shape)}")
-    return s_q, s_c
+    try:
+        shape = torch.broadcast_shapes(s_q.shape, s_c.shape)
+    except RuntimeError:
+        shape = None
+    if shape is None or shape[-1] != s_q.shape[-1] or s_c.shape[-1] != s_q.shape[-1]:
+        raise ValueError(f"s_c (or g) must broadcast against s_q {tuple(s_q.shape)} with the same number of memories, "
+                         f"got {tuple(s_c.shape)}")
+    return s_q.expand(shape), s_c.expand(shape)
 
 
 def gated_energy(xi, X, g, beta: float, lam: float) -> torch.Tensor:
@@ -70,6 +76,12 @@ def phi(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind = "sp
     r"""The self-consistency map :math:`\Phi_{\alpha,\lambda}(p)`."""
     g = gate(s_c + lam * p, alpha, kind)
     return gated_retrieval(s_q, g, beta, lam)
+
+
+def _phi(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`phi` without input validation (the solver's inner loop); returns Phi(p) and the gate G(s_c + lam p)."""
+    g = _gate(s_c + lam * p, alpha, kind)
+    return torch.softmax(beta * (s_q + lam * g), dim=-1), g
 
 
 def contraction_bound(alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> float:
@@ -117,22 +129,33 @@ def fixed_point(
     if damping > 1:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     s_q, s_c = _scores(s_q, s_c)
-    if p0 is None:
-        p = first_order(s_q, s_c, alpha, beta, lam, kind)
+    kind = _kind(kind)
+    if p0 is None:  # the first-order approximation, which is Phi(0)
+        p = _phi(torch.zeros_like(s_q), s_q, s_c, alpha, beta, lam, kind)[0]
     else:
         p = as_tensor(p0, "p0", dtype=s_q.dtype).expand_as(s_q).clone()
-    batch = s_q.shape[:-1]
-    iterations = torch.zeros(batch, dtype=torch.long)
-    residual = torch.full(batch, float("inf"), dtype=s_q.dtype)
-    for _ in range(max_iter):
-        new = phi(p, s_q, s_c, alpha, beta, lam, kind)
-        residual = (new - p).abs().amax(-1)
-        active = residual > tol
-        if not bool(active.any()):
+    batch, n = s_q.shape[:-1], s_q.shape[-1]
+    # flatten the batch; each step updates only the instances that have not converged yet
+    p, sq, sc = p.reshape(-1, n), s_q.reshape(-1, n), s_c.reshape(-1, n)
+    g = torch.empty_like(p)  # the gate at the returned p, kept from the last map evaluation of each instance
+    iterations = torch.zeros(p.shape[0], dtype=torch.long)
+    residual = torch.full((p.shape[0],), float("inf"), dtype=s_q.dtype)
+    active = torch.arange(p.shape[0])
+    for step in range(max_iter + 1):
+        every = active.numel() == p.shape[0]  # skip the gathers while no instance has converged
+        pa, sqa, sca = (p, sq, sc) if every else (p[active], sq[active], sc[active])
+        new, g_active = _phi(pa, sqa, sca, alpha, beta, lam, kind)
+        res = (new - pa).abs().amax(-1)
+        residual[active] = res
+        g[active] = g_active
+        moving = res > tol
+        active, new = active[moving], new[moving]
+        if active.numel() == 0 or step == max_iter:
             break
-        iterations += active.long()
-        p = torch.where(active.unsqueeze(-1), (1 - damping) * p + damping * new, p)
-    g = gate(s_c + lam * p, alpha, kind)
+        iterations[active] += 1
+        p[active] = (1 - damping) * p[active] + damping * new
+    p, g = p.reshape(s_q.shape), g.reshape(s_q.shape)
+    residual, iterations = residual.reshape(batch), iterations.reshape(batch)
     return FixedPoint(p=p, g=g, residual=residual, iterations=iterations, converged=residual <= tol,
                       bound=contraction_bound(alpha, beta, lam, kind))
 
@@ -196,3 +219,38 @@ def retrieval_probability_bound(delta, n_memories: int, beta: float) -> torch.Te
     n_memories = positive_int(n_memories, "n_memories")
     delta = torch.as_tensor(delta)
     return torch.sigmoid(beta * delta - math.log(max(n_memories - 1, 1e-300))) if n_memories > 1 else torch.ones_like(delta)
+
+
+def alpha_crit_coupled(s_q, s_c, beta: float, lam: float) -> torch.Tensor:
+    r"""Critical penalisation of the sparsemax gate *with feedback* (book chapter ``04_phase_transition``).
+
+    The one-hot gate :math:`e_m` on :math:`m = \arg\max s_c` is a fixed point iff
+    :math:`\alpha \le \alpha_{crit}(\lambda) = \min_{j\ne m}\,(u_m - u_j)` with :math:`u = s_c + \lambda p^\circ` and
+    :math:`p^\circ = \mathrm{softmax}(\beta(s_q + \lambda e_m))` (and provided m stays the top of u). At
+    :math:`\lambda = 0` this is :math:`s_{c,(1)} - s_{c,(2)}`."""
+    s_q, s_c = _scores(s_q, s_c)
+    lam = nonnegative(lam, "lam")
+    m = s_c.argmax(-1, keepdim=True)
+    onehot = torch.zeros_like(s_c).scatter(-1, m, 1.0)
+    u = s_c + lam * gated_retrieval(s_q, onehot, beta, lam)
+    return u.gather(-1, m).squeeze(-1) - u.scatter(-1, m, float("-inf")).amax(-1)
+
+
+def measured_alpha_crit(s_q, s_c, beta: float, lam: float, *, lo: float, hi: float, kind: GateKind = "sparsemax",
+                        xtol: float = 1e-10, one_tol: float = 1e-12) -> float:
+    """Measure the transition of one instance by bisection on alpha: the largest alpha whose fixed-point gate
+    still has a peak of 1 (within ``one_tol``). Requires the peak to be 1 at ``lo`` and below 1 at ``hi``."""
+    lo, hi, xtol = positive(lo, "lo"), positive(hi, "hi"), positive(xtol, "xtol")
+    if not lo < hi:
+        raise ValueError(f"lo must be < hi, got lo={lo}, hi={hi}")
+
+    def one_hot(alpha: float) -> bool:
+        fp = fixed_point(s_q, s_c, alpha, beta, lam, kind=kind, tol=1e-14, max_iter=10_000)
+        return bool(fp.g.amax(-1).min() >= 1 - one_tol)
+
+    if not one_hot(lo) or one_hot(hi):
+        raise ValueError(f"the gate must be one-hot at lo={lo} and not at hi={hi}; widen the bracket")
+    while hi - lo > xtol:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if one_hot(mid) else (lo, mid)
+    return 0.5 * (lo + hi)

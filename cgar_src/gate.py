@@ -36,10 +36,14 @@ def _kind(kind: str) -> str:
 
 def gate(u, alpha: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r"""The gate :math:`G_\alpha(u)` on the last axis of ``u`` (a point of the simplex per row)."""
-    alpha = positive(alpha, "alpha")
-    u = as_tensor(u, "u")
-    if _kind(kind) == "sparsemax":
-        return sparsemax(u / alpha, dim=-1)
+    return _gate(as_tensor(u, "u"), positive(alpha, "alpha"), _kind(kind))
+
+
+def _gate(u: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+    """:func:`gate` without input validation, for inner loops whose inputs were validated once."""
+    if kind == "sparsemax":
+        # entmax partial-sorts the top k entries and redoes rows whose support is larger with a bigger k
+        return sparsemax(u / alpha, dim=-1, k=16 if u.shape[-1] > 256 else None)
     return torch.softmax(u / alpha, dim=-1)
 
 
