@@ -180,8 +180,9 @@ class Unembed(nn.Module):
 def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
     """Last-token residual states of every layer for each prompt: float32 tensor ``(P, L+1, d)``.
 
-    One forward pass per prompt, batched with left padding, attention masks and explicit position ids (so batched
-    equals unbatched). Entry L is the input of the final norm (captured by a hook), see the module docstring.
+    One forward pass of the transformer body per prompt (the output head is not needed), batched with left padding,
+    attention masks and explicit position ids (so batched equals unbatched). Entry L is the input of the final norm
+    (captured by a hook), see the module docstring.
     """
     if not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
@@ -199,8 +200,10 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
             mask = enc["attention_mask"].to(lm.device)
             position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
             captured.clear()
-            res = model(input_ids=enc["input_ids"].to(lm.device), attention_mask=mask, position_ids=position_ids,
-                        output_hidden_states=True, use_cache=False)
+            # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
+            # output head (vocab x d over every position) is skipped
+            res = model.base_model(input_ids=enc["input_ids"].to(lm.device), attention_mask=mask,
+                                   position_ids=position_ids, output_hidden_states=True, use_cache=False)
             states = torch.stack([h[:, -1].float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
             out.append(states)
     finally:

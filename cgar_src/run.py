@@ -1,0 +1,93 @@
+"""Run the transformer experiments under a parameter profile: ``python -m cgar_src.run --profile cpu``.
+
+For every dataset and shot count of the profile it extracts (or reuses from the cache) the zero-shot and k-shot
+states, writes the per-layer logit-lens summary (accuracy, N_eff, label mass) with its parameters as JSON into
+``<out>/<dataset>_k<shots>/``, then executes the profile's chapters with papermill into ``<out>/chapters/``.
+Profiles live in ``params/<name>.yaml``; ``--set key=value`` overrides one entry (YAML syntax for the value).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ("model_id", "dtype", "device", "batch_size", "n_queries", "shots", "datasets", "seed", "chapters")
+
+
+def load_profile(name_or_path: str, overrides: list[str] = ()) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = ROOT / "params" / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
+        raise ValueError(f"profile must be one of {known} or a YAML file, got {name_or_path!r}")
+    prof = yaml.safe_load(path.read_text())
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        prof[key] = yaml.safe_load(value)
+    missing = [k for k in REQUIRED if k not in prof]
+    if missing:
+        raise ValueError(f"profile {path} lacks {missing}")
+    from .data import TASKS
+
+    bad = [d for d in prof["datasets"] if d not in TASKS]
+    if bad:
+        raise ValueError(f"datasets must be among {sorted(TASKS)}, got {bad}")
+    if not all(isinstance(k, int) and k >= 0 for k in prof["shots"]):
+        raise ValueError(f"shots must be integers >= 0, got {prof['shots']}")
+    for ch in prof["chapters"]:
+        if not (ROOT / "chapters" / f"{ch}.ipynb").exists():
+            raise ValueError(f"chapter {ch!r} of the profile does not exist in chapters/")
+    return prof
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="cpu", help="name in params/ or a YAML path (default: cpu)")
+    ap.add_argument("--out", default=None, help="output folder (default: results/<profile>)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile entry")
+    args = ap.parse_args(argv)
+    try:
+        prof = load_profile(args.profile, args.set)
+    except ValueError as err:
+        ap.error(str(err))
+    out = Path(args.out or ROOT / "results" / prof.get("profile", Path(args.profile).stem))
+
+    from . import lens
+    from .icl import task_states
+    from .lm import Unembed, load_model
+    from .records import save_run
+
+    lm = load_model(prof["model_id"], dtype=prof["dtype"], device=prof["device"], device_map=prof.get("device_map"))
+    unembed = Unembed(lm.model)
+    for dataset in prof["datasets"]:
+        for shots in prof["shots"]:
+            ts = task_states(lm, dataset, n_queries=prof["n_queries"], shots=shots, seed=prof["seed"],
+                             batch_size=prof["batch_size"])
+            h = ts.h_icl if shots else ts.h_zero
+            st = lens.decode_stats(unembed, h, ts.label_ids)
+            summary = {"accuracy": st.accuracy(ts.label_ids, ts.labels).round(decimals=4),
+                       "median_n_eff": st.n_eff.median(0).values.round(decimals=3),
+                       "mean_label_mass": st.label_mass.mean(0).round(decimals=4),
+                       "forward_passes": ts.n_forward}
+            where = save_run(out / f"{dataset}_k{shots}", {**prof, **ts.params}, summary)
+            print(f"{dataset} k={shots}: final-layer accuracy {summary['accuracy'][-1].item():.3f}, "
+                  f"median N_eff {summary['median_n_eff'][-1].item():.1f} -> {where}")
+    if prof["chapters"]:
+        import papermill as pm
+
+        for ch in prof["chapters"]:
+            target = out / "chapters" / f"{ch}.ipynb"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            params = {k: prof[k] for k in REQUIRED if k != "chapters"}
+            pm.execute_notebook(str(ROOT / "chapters" / f"{ch}.ipynb"), str(target), parameters=params,
+                                cwd=str(ROOT / "chapters"), progress_bar=True)
+            print(f"executed {ch} -> {target}")
+
+
+if __name__ == "__main__":
+    main()
