@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "Unembed", "hidden_states", "user_cache_dir"]
 
@@ -115,7 +115,11 @@ def load_model(model_id: str = DEFAULT_MODEL, *, dtype: str = "float32", device:
         raise ValueError(f"model_id must be a hub id, a local path or {DEFAULT_MODEL!r}, got {model_id!r}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     source = _default_model_dir() if model_id == DEFAULT_MODEL else model_id
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the per-tensor loading bar prints rates that differ from run to run
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=_DTYPES[dtype],
@@ -125,6 +129,9 @@ def load_model(model_id: str = DEFAULT_MODEL, *, dtype: str = "float32", device:
         raise ValueError(f"model_id {model_id!r} could not be loaded"
                          + (" (HF_HUB_OFFLINE is set: only local paths and the default model work offline)" if offline else "")
                          + f": {err}") from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if device_map is None:
         model = model.to(device)
     model.eval()

@@ -34,3 +34,23 @@ def test_unavailable_model_gets_a_clear_error(monkeypatch):
         load_model("meta-llama/Meta-Llama-3-8B")
     with pytest.raises(ValueError, match="dtype"):
         load_model(DEFAULT_MODEL, dtype="float8")
+
+
+def test_bad_input_fails_before_any_forward_pass(smol, tmp_path):
+    from cgar_src.icl import task_states
+
+    for kwargs, name in [(dict(shots=5000), "shots"), (dict(dataset="imdb"), "dataset"),
+                         (dict(n_queries=10**6), "n_queries"), (dict(label_mode="shuffled"), "label_mode")]:
+        args = dict(dataset="sst2", n_queries=4, shots=1, cache_root=tmp_path, progress=False) | kwargs
+        with pytest.raises(ValueError, match=name):
+            task_states(smol, **args)
+    assert not any(tmp_path.rglob("*.pt"))  # nothing computed, nothing cached
+
+
+def test_task_states_zero_and_icl(smol, tmp_path):
+    from cgar_src.icl import task_states
+
+    ts = task_states(smol, "sst2", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
+    assert ts.h_zero.shape == ts.h_icl.shape == (3, 31, 576) and ts.n_forward == 6
+    again = task_states(smol, "sst2", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
+    assert again.n_forward == 0 and again.h_icl.equal(ts.h_icl)
