@@ -218,7 +218,9 @@ def retrieval_probability_bound(delta, n_memories: int, beta: float) -> torch.Te
     beta = positive(beta, "beta")
     n_memories = positive_int(n_memories, "n_memories")
     delta = torch.as_tensor(delta)
-    return torch.sigmoid(beta * delta - math.log(max(n_memories - 1, 1e-300))) if n_memories > 1 else torch.ones_like(delta)
+    if n_memories == 1:
+        return torch.ones_like(delta)
+    return torch.sigmoid(beta * delta - math.log(n_memories - 1))
 
 
 def alpha_crit_coupled(s_q, s_c, beta: float, lam: float) -> torch.Tensor:
