@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .lm import LoadedModel, hidden_states, user_cache_dir
-from .records import write_json_atomic
+from .records import atomic_path, write_json_atomic
 
 __all__ = ["CachedStates", "cached_states"]
 
@@ -30,17 +29,6 @@ class CachedStates:
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _save_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root: str | os.PathLike | None = None,
@@ -59,8 +47,8 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
     key = _sha(ident_json + "\n" + "\n".join(_sha(p) for p in unique))
     root = Path(cache_root) if cache_root is not None else user_cache_dir() / "states"
     path = root / key[:2] / key
-    path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path / "meta.json", {**ident, "n_prompts": len(unique), "chunk_size": chunk_size})
+    if not (path / "meta.json").exists():
+        write_json_atomic(path / "meta.json", {**ident, "n_prompts": len(unique), "chunk_size": chunk_size})
     n_layers, d = lm.n_layers + 1, lm.model.config.hidden_size
     chunks, n_forward = [], 0
     for i, start in enumerate(range(0, len(unique), chunk_size)):
@@ -79,7 +67,8 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
         if states is None:
             states = hidden_states(lm, part, batch_size=batch_size, progress=progress)
             n_forward += len(part)
-            _save_atomic({"prompt_sha": hashes, "states": states}, file)
+            with atomic_path(file) as tmp:
+                torch.save({"prompt_sha": hashes, "states": states}, tmp)
         chunks.append(states)
     table = torch.cat(chunks)
     index = {p: i for i, p in enumerate(unique)}

@@ -33,6 +33,7 @@ __all__ = [
     "Separation",
     "effective_separation",
     "retrieval_probability_bound",
+    "error_log_odds",
     "alpha_crit_coupled",
 ]
 
@@ -74,8 +75,10 @@ def gated_retrieval(s_q, g, beta: float, lam: float) -> torch.Tensor:
 
 def phi(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r"""The self-consistency map :math:`\Phi_{\alpha,\lambda}(p)`."""
-    g = gate(s_c + lam * p, alpha, kind)
-    return gated_retrieval(s_q, g, beta, lam)
+    alpha, beta, lam = positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam")
+    s_q, s_c = _scores(s_q, s_c)
+    p = as_tensor(p, "p", dtype=s_q.dtype)
+    return _phi(p, s_q, s_c, alpha, beta, lam, _kind(kind))[0]
 
 
 def _phi(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,10 +196,32 @@ class Separation:
     effective: torch.Tensor
 
 
+def _relative(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``v_j - v_target`` for every competitor j, with the target itself masked to -inf."""
+    t = target.unsqueeze(-1)
+    return (v - v.gather(-1, t)).scatter(-1, t, float("-inf"))
+
+
 def _gap(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    own = v.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    others = v.scatter(-1, target.unsqueeze(-1), float("-inf"))
-    return own - others.amax(-1)
+    return -_relative(v, target).amax(-1)
+
+
+def _targets(s_q, target) -> torch.Tensor:
+    target = torch.as_tensor(target)
+    if target.shape != s_q.shape[:-1] or target.dtype != torch.long:
+        raise ValueError(f"target must be a LongTensor of shape {tuple(s_q.shape[:-1])}")
+    if ((target < 0) | (target >= s_q.shape[-1])).any():
+        raise ValueError(f"target indices must lie in [0, {s_q.shape[-1]})")
+    return target
+
+
+def error_log_odds(s_q, g, target, beta: float, lam: float) -> torch.Tensor:
+    r""":math:`\log((1-p_\mu)/p_\mu) = \log\sum_{j
+e\mu} e^{eta(\ell_j - \ell_\mu)}` with :math:`\ell = s_q + \lambda g`,
+    computed from the logits, so it stays exact where :math:`1 - p_\mu` underflows."""
+    beta, lam = positive(beta, "beta"), nonnegative(lam, "lam")
+    s_q, g = _scores(s_q, g)
+    return torch.logsumexp(beta * _relative(s_q + lam * g, _targets(s_q, target)), -1)
 
 
 def effective_separation(s_q, g, target, lam: float) -> Separation:
@@ -205,11 +230,7 @@ def effective_separation(s_q, g, target, lam: float) -> Separation:
     (Theorem ``thm-separation``)."""
     lam = nonnegative(lam, "lam")
     s_q, g = _scores(s_q, g)
-    target = torch.as_tensor(target)
-    if target.shape != s_q.shape[:-1] or target.dtype != torch.long:
-        raise ValueError(f"target must be a LongTensor of shape {tuple(s_q.shape[:-1])}")
-    if ((target < 0) | (target >= s_q.shape[-1])).any():
-        raise ValueError(f"target indices must lie in [0, {s_q.shape[-1]})")
+    target = _targets(s_q, target)
     return Separation(raw=_gap(s_q, target), gate=_gap(g, target), effective=_gap(s_q + lam * g, target))
 
 

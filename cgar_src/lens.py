@@ -29,10 +29,15 @@ class DecodeStats:
     label_mass: torch.Tensor
     label_logits: torch.Tensor
 
-    def accuracy(self, label_token_ids: list[int], labels: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary accuracy: the argmax token is the correct label's token (mean over the first axis)."""
+    def correct(self, label_token_ids: list[int], labels: torch.Tensor) -> torch.Tensor:
+        """Per state, 1.0 where the argmax over the full vocabulary is the correct label's token (first axis =
+        prompts, matched with ``labels``)."""
         ids = torch.as_tensor(label_token_ids)
-        return (self.argmax == ids[labels].view(-1, *([1] * (self.argmax.ndim - 1)))).double().mean(0)
+        return (self.argmax == ids[labels].view(-1, *([1] * (self.argmax.ndim - 1)))).double()
+
+    def accuracy(self, label_token_ids: list[int], labels: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary accuracy: :meth:`correct` averaged over the prompts."""
+        return self.correct(label_token_ids, labels).mean(0)
 
 
 @torch.no_grad()

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-__all__ = ["write_json_atomic", "save_run"]
+__all__ = ["atomic_path", "write_json_atomic", "save_run"]
 
 
 def _plain(x: Any) -> Any:
@@ -24,19 +25,27 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``: never half-written."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` (``os.replace``), on error it is
+    removed. Readers see the old file or the new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_plain(obj), fh, indent=1, sort_keys=True)
+        yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (:func:`atomic_path`)."""
+    text = json.dumps(_plain(obj), indent=1, sort_keys=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def save_run(out_dir: str | os.PathLike, params: dict, results: dict) -> Path:

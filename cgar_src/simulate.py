@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ._validate import nonnegative, positive, positive_int
-from .dynamics import contraction_bound, effective_separation, fixed_point
+from .dynamics import contraction_bound, effective_separation, error_log_odds, fixed_point
 
 __all__ = ["SweepConfig", "make_bank", "sweep_scores", "separation_sweep", "separation_trial_loop"]
 
@@ -36,12 +36,10 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_memories", "dim", "n_trials", "seed"):
-            if name == "seed":
-                if not isinstance(self.seed, int) or self.seed < 0:
-                    raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-            else:
-                positive_int(getattr(self, name), name)
+        for name in ("n_memories", "dim", "n_trials"):
+            positive_int(getattr(self, name), name)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.n_memories < 2:
             raise ValueError(f"n_memories must be >= 2, got {self.n_memories}")
         for s in self.sigmas:
@@ -122,10 +120,7 @@ def separation_sweep(cfg: SweepConfig = SweepConfig(), *, progress: bool = False
         fp = fixed_point(s_q, s_c, cfg.alpha, cfg.beta, cfg.lambdas[j], kind=cfg.kind, tol=cfg.tol)
         sep = effective_separation(s_q, fp.g, target, cfg.lambdas[j])
         out["p_target"][i, j] = fp.p.gather(-1, target[:, None])[:, 0]
-        # log of the error odds (1 - p_mu)/p_mu from the logits, exact where 1 - p_mu underflows
-        logits = cfg.beta * (s_q + cfg.lambdas[j] * fp.g)
-        rel = (logits - logits.gather(-1, target[:, None])).scatter(-1, target[:, None], float("-inf"))
-        out["log_odds"][i, j] = torch.logsumexp(rel, -1)
+        out["log_odds"][i, j] = error_log_odds(s_q, fp.g, target, cfg.beta, cfg.lambdas[j])
         out["delta_raw"][i, j], out["delta_gate"][i, j], out["delta_eff"][i, j] = sep.raw, sep.gate, sep.effective
         correct[i, j] = fp.p.argmax(-1) == target
         support[i, j] = (fp.g > 0).sum(-1)
@@ -146,8 +141,8 @@ def separation_trial_loop(cfg: SweepConfig, n_trials: int | None = None) -> torc
     for i, sigma in enumerate(cfg.sigmas):
         for j, lam in enumerate(cfg.lambdas):
             for t in range(n):
-                s_q = (X.T[target[t]] + sigma * z_q[t]) @ X
-                s_c = cfg.context_gain * ((K.T[target[t]] + cfg.context_noise * z_c[t]) @ K)
-                fp = fixed_point(s_q, s_c, cfg.alpha, cfg.beta, lam, kind=cfg.kind, tol=cfg.tol)
+                one = slice(t, t + 1)
+                s_q, s_c = sweep_scores(cfg, X, K, target[one], z_q[one], z_c[one], sigma)
+                fp = fixed_point(s_q[0], s_c[0], cfg.alpha, cfg.beta, lam, kind=cfg.kind, tol=cfg.tol)
                 p_target[i, j, t] = fp.p[target[t]]
     return p_target
