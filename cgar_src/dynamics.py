@@ -196,14 +196,15 @@ class Separation:
     effective: torch.Tensor
 
 
-def _relative(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``v_j - v_target`` for every competitor j, with the target itself masked to -inf."""
+def _split(v: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's entry and the competitors' entries (the target masked to -inf), one copy of ``v``."""
     t = target.unsqueeze(-1)
-    return (v - v.gather(-1, t)).scatter(-1, t, float("-inf"))
+    return v.gather(-1, t).squeeze(-1), v.scatter(-1, t, float("-inf"))
 
 
 def _gap(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return -_relative(v, target).amax(-1)
+    own, others = _split(v, target)
+    return own - others.amax(-1)
 
 
 def _targets(s_q, target) -> torch.Tensor:
@@ -221,7 +222,8 @@ e\mu} e^{eta(\ell_j - \ell_\mu)}` with :math:`\ell = s_q + \lambda g`,
     computed from the logits, so it stays exact where :math:`1 - p_\mu` underflows."""
     beta, lam = positive(beta, "beta"), nonnegative(lam, "lam")
     s_q, g = _scores(s_q, g)
-    return torch.logsumexp(beta * _relative(s_q + lam * g, _targets(s_q, target)), -1)
+    own, others = _split(beta * (s_q + lam * g), _targets(s_q, target))
+    return torch.logsumexp(others, -1) - own
 
 
 def effective_separation(s_q, g, target, lam: float) -> Separation:
