@@ -39,7 +39,10 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
     if not isinstance(meta, dict):
         raise ValueError(f"meta must be a dict describing the prompts (dataset, split, template, shots, seed), got {meta!r}")
     unique = list(dict.fromkeys(prompts))
-    ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype, **meta}
+    # "batching" names how hidden_states groups prompts: batch composition moves float results at the 1e-5 level,
+    # so states computed with another grouping are a different entry
+    ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype, "batching": "length-sorted",
+             "batch_size": batch_size, **meta}
     try:
         ident_json = json.dumps(ident, sort_keys=True)
     except TypeError as err:

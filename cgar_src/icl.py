@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .cache import cached_states
-from .data import TASKS, icl_prompt, label_token_ids, load_examples, sample_demos
+from .data import TASKS, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts, sample_demos
 from .lm import LoadedModel
 
-__all__ = ["TaskStates", "task_states", "LABEL_MODES"]
+__all__ = ["TaskStates", "task_states", "LABEL_MODES", "FactStates", "fact_states"]
 
 LABEL_MODES = ("true", "random")
 
@@ -30,6 +30,8 @@ class TaskStates:
     label_ids: list[int]
     params: dict
     n_forward: int
+    zero_prompts: list[str]
+    icl_prompts: list[str] | None
 
 
 def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, seed: int = 0,
@@ -72,4 +74,54 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
                                 progress=progress) if icl else None)
     return TaskStates(h_zero=zero_states.states, h_icl=icl_states.states if icl_states else None,
                       labels=torch.tensor([q.label for q in queries]), label_ids=label_ids, params=params,
-                      n_forward=zero_states.n_forward + (icl_states.n_forward if icl_states else 0))
+                      n_forward=zero_states.n_forward + (icl_states.n_forward if icl_states else 0),
+                      zero_prompts=zero, icl_prompts=icl)
+
+
+@dataclass
+class FactStates:
+    """States ``(P, L+1, d)`` of LAMA cloze prompts: zero-shot, after ``shots`` true facts of the same relation
+    (positive) and after the same subjects with wrong objects (negative); per fact its relation and the first token
+    of its object."""
+
+    h_zero: torch.Tensor
+    h_pos: torch.Tensor
+    h_neg: torch.Tensor
+    relations: list[str]
+    object_ids: torch.Tensor
+    params: dict
+    n_forward: int
+
+
+def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: int, seed: int = 0, root=None,
+                cache_root=None, batch_size: int = 8, progress: bool = True) -> FactStates:
+    """States for ``n_facts`` seeded facts of each relation (book chapter ``09_factual_steering``)."""
+    if isinstance(n_facts, bool) or not isinstance(n_facts, int) or n_facts < 2:
+        raise ValueError(f"n_facts must be an integer >= 2 (facts per relation), got {n_facts!r}")
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"shots must be an integer >= 1 (demonstration facts per prompt), got {shots!r}")
+    if not relations or len(set(relations)) != len(relations):
+        raise ValueError(f"relations must be a non-empty list of distinct LAMA relation ids, got {relations!r}")
+    facts = load_facts(relations, root=root)
+    rng = random.Random(seed)
+    prompts = {"zero": [], "positive": [], "negative": []}
+    rel_of, objs = [], []
+    for r in relations:
+        pool = [f for f in facts if f.relation == r]
+        if n_facts > len(pool):
+            raise ValueError(f"n_facts={n_facts} exceeds the {len(pool)} facts of relation {r}")
+        queries = rng.sample(pool, n_facts)
+        for kind, ps in lama_prompts(pool, queries, shots, rng).items():
+            prompts[kind] += ps
+        rel_of += [r] * n_facts
+        objs += [q.obj for q in queries]
+    object_ids = torch.tensor([lm.tokenizer(" " + o, add_special_tokens=False)["input_ids"][0] for o in objs])
+    params = {"dataset": "lama-trex", "relations": list(relations), "n_facts": n_facts, "shots": shots, "seed": seed,
+              "model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype}
+    states, n_forward = {}, 0
+    for kind, ps in prompts.items():
+        cs = cached_states(lm, ps, params | {"kind": kind}, cache_root=cache_root, batch_size=batch_size,
+                           progress=progress)
+        states[kind], n_forward = cs.states, n_forward + cs.n_forward
+    return FactStates(h_zero=states["zero"], h_pos=states["positive"], h_neg=states["negative"], relations=rel_of,
+                      object_ids=object_ids, params=params, n_forward=n_forward)

@@ -15,7 +15,8 @@ import torch
 from ._validate import _scalar
 from .lm import Unembed
 
-__all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval"]
+__all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "logit_bias",
+           "retrieved_pattern", "readout_basis", "span_fraction"]
 
 CONTEXT_VARIANTS = ("difference", "icl_mean", "random_label")
 
@@ -103,18 +104,77 @@ def additive_retrieval(unembed: Unembed, h_zero: torch.Tensor, c_bar: torch.Tens
                        lambdas: list[float], context_layers: list[int], query_layers: list[int],
                        **decode_kwargs) -> DecodeStats:
     r"""First-order retrieval over a grid: for every query layer l', context layer l and coupling lambda, decode
-    :math:`h_{zero}^{(l')} + \lambda\bar c^{(l)}` for every prompt. ``h_zero`` is ``(P, L+1, d)``, ``c_bar`` is
-    ``(L+1, d)``. Result fields have shape ``(P, len(query_layers), len(context_layers), len(lambdas))``."""
+    :math:`h_{zero}^{(l')} + \lambda\bar c^{(l)}` for every prompt. ``h_zero`` is ``(P, L+1, d)``; ``c_bar`` is
+    ``(L+1, d)`` (one vector for all prompts) or ``(P, L+1, d)`` (one per prompt, e.g. leave-one-out means). Result
+    fields have shape ``(P, len(query_layers), len(context_layers), len(lambdas))``."""
     n_layers = h_zero.shape[1]
     for name, layers in (("context_layers", context_layers), ("query_layers", query_layers)):
         bad = [l for l in layers if not (isinstance(l, int) and 0 <= l < n_layers)]
         if bad or not layers:
             raise ValueError(f"{name} must be non-empty layer indices in [0, {n_layers - 1}], got {layers}")
+    if c_bar.shape not in (h_zero.shape[1:], h_zero.shape):
+        raise ValueError(f"c_bar must have shape {tuple(h_zero.shape[1:])} or {tuple(h_zero.shape)}, got {tuple(c_bar.shape)}")
     lam = torch.tensor([_scalar(x, "lambdas") for x in lambdas], dtype=h_zero.dtype)
     if lam.numel() == 0:
         raise ValueError("lambdas must be a non-empty list of finite numbers")
-    c = lam[None, :, None] * c_bar[context_layers][:, None, :]          # (C, K, d)
-    parts = [decode_stats(unembed, h_zero[:, l, None, None, :] + c[None], label_token_ids, **decode_kwargs)
+    c_bar = c_bar if c_bar.ndim == 3 else c_bar[None]
+    c = lam[None, None, :, None] * c_bar[:, context_layers][:, :, None, :]          # (P or 1, C, K, d)
+    parts = [decode_stats(unembed, h_zero[:, l, None, None, :] + c, label_token_ids, **decode_kwargs)
              for l in query_layers]                                      # one query layer at a time: (P, C, K, d)
     return DecodeStats(**{f: torch.stack([getattr(p, f) for p in parts], dim=1)
                           for f in ("argmax", "n_eff", "label_mass", "label_logits")})
+
+
+@torch.no_grad()
+def logit_bias(unembed: Unembed, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    r"""The direct-bias term of the additive score: :math:`s_c = W_U\,J_{Norm}(h)\,c`, so that
+    :math:`W_U\mathrm{Norm}(h + \lambda c) = W_U\mathrm{Norm}(h) + \lambda s_c + O(\lambda^2)` (book chapter
+    ``06_attention_first_order``). A Jacobian-vector product through the model's own final norm; ``h`` and ``c`` are
+    ``(P, d)``, the result is ``(P, vocab)`` in the unembedding's dtype (at least float32)."""
+    h = h.to(device=unembed.weight.device, dtype=unembed.weight.dtype)
+    c = c.to(device=h.device, dtype=h.dtype).expand_as(h)
+    _, jc = torch.func.jvp(unembed.final_norm, (h,), (c,))
+    return (jc @ unembed.weight.T).to(torch.promote_types(jc.dtype, torch.float32))
+
+
+@torch.no_grad()
+def retrieved_pattern(unembed: Unembed, states: torch.Tensor, *, vocab_chunk: int = 8192) -> torch.Tensor:
+    r"""The Hopfield output of a decode: :math:`\xi^+ = W_U^\top p` with :math:`p = \mathrm{softmax}(W_U\,
+    \mathrm{Norm}(h))`, the probability-weighted mean of the memories (rows of :math:`W_U`), streamed over the
+    vocabulary. ``states`` ``(P, d)``; returns ``(P, d)`` float32."""
+    W = unembed.weight
+    h = unembed.normalize(states)
+    m = torch.full((h.shape[0],), -math.inf, device=W.device)
+    z_sum = torch.zeros(h.shape[0], device=W.device)
+    acc = torch.zeros(h.shape[0], W.shape[1], device=W.device, dtype=torch.float64)  # the mean cancels: accumulate in float64
+    for v in range(0, W.shape[0], vocab_chunk):
+        z = (h @ W[v:v + vocab_chunk].T).float()
+        m_new = torch.maximum(m, z.max(-1).values)
+        scale = torch.exp(m - m_new)
+        e = torch.exp(z - m_new[:, None])
+        z_sum = z_sum * scale + e.sum(-1)
+        acc = acc * scale[:, None].double() + e.double() @ W[v:v + vocab_chunk].double()
+        m = m_new
+    return (acc / z_sum[:, None].double()).float().cpu()
+
+
+def readout_basis(unembed: Unembed, token_ids: list[int], *, through_norm: bool = True) -> torch.Tensor:
+    r"""Orthonormal basis ``(d, k)`` of the span of the tokens' readout directions. ``through_norm=True``: the
+    residual-stream directions :math:`\gamma \odot w_y` that a state moves along to raise token y's logit (the
+    final norm's gain :math:`\gamma` times the unembedding row); ``False``: the rows :math:`w_y` themselves (the
+    space of retrieved patterns :math:`W_U^\top p`)."""
+    if not token_ids:
+        raise ValueError("token_ids must be a non-empty list of token ids")
+    rows = unembed.weight[torch.as_tensor(token_ids, device=unembed.weight.device)].float()
+    gain = getattr(unembed.final_norm, "weight", None)
+    if through_norm and gain is not None:
+        rows = rows * gain.float()
+    q, _ = torch.linalg.qr(rows.T.cpu())
+    return q
+
+
+def span_fraction(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    r"""Fraction of each vector's squared norm inside the span of ``basis`` (orthonormal columns):
+    :math:`\|Q^\top v\|^2/\|v\|^2`. A random direction has expected fraction k/d."""
+    v = vectors.float()
+    return ((v @ basis) ** 2).sum(-1) / (v ** 2).sum(-1)

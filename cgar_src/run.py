@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         for ch in prof["chapters"]:
             target = out / "chapters" / f"{ch}.ipynb"
             target.parent.mkdir(parents=True, exist_ok=True)
-            params = {k: prof[k] for k in (*REQUIRED, "device_map") if k != "chapters" and k in prof}
+            declared = pm.inspect_notebook(str(ROOT / "chapters" / f"{ch}.ipynb"))  # the chapter's parameters cell
+            params = {k: prof[k] for k in declared if k in prof and k != "chapters"}   # only what it declares
             params["out_dir"] = str((out / ch).resolve())
             pm.execute_notebook(str(ROOT / "chapters" / f"{ch}.ipynb"), str(target), parameters=params,
                                 cwd=str(ROOT / "chapters"), progress_bar=True)

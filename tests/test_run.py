@@ -17,3 +17,17 @@ def test_profiles_load_and_validate():
         load_profile("cpu", ["shots=[-1]"])
     with pytest.raises(ValueError, match="key=value"):
         load_profile("cpu", ["n_queries"])
+
+
+def test_profile_chapters_declare_the_engine_parameters():
+    """Every transformer chapter of a profile has a papermill parameters cell that takes the model settings and an
+    output folder, so `python -m cgar_src.run --profile paper` can re-point it to Llama-3 on a GPU."""
+    import papermill as pm
+
+    from cgar_src.run import ROOT
+
+    for name in ("cpu", "paper"):
+        for ch in load_profile(name)["chapters"]:
+            declared = pm.inspect_notebook(str(ROOT / "chapters" / f"{ch}.ipynb"))
+            missing = {"model_id", "dtype", "device", "device_map", "batch_size", "seed", "out_dir"} - set(declared)
+            assert not missing, f"{ch} lacks parameters {missing}"

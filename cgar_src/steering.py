@@ -1,0 +1,107 @@
+r"""Held-out steering and its baselines (book chapter ``11_referee_checks``).
+
+Every quantity fitted to data (the averaged context vector :math:`\bar c^{(l)}`, the task vector, the chosen context
+layer and coupling) is fitted on one fold of the queries and scored on the other (cross-fitting), so every query
+gets a held-out prediction and the accuracy over all queries is a held-out accuracy.
+
+* :func:`heldout_additive`: additive (first-order) retrieval :math:`W_U\mathrm{Norm}(h_{zero}^{(l')} +
+  \lambda\bar c^{(l)})`, with a norm-matched random direction scored at the same setting as a control;
+* :func:`heldout_task_vector`: the task-vector patch (Hendel et al. 2023): the zero-shot forward pass with the last
+  token's residual state at layer l replaced by the mean ICL state of the fitting fold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import lens
+from .lm import LoadedModel, Patch, Unembed, hidden_states
+
+__all__ = ["HeldOut", "folds_of", "heldout_additive", "heldout_task_vector"]
+
+
+@dataclass
+class HeldOut:
+    """Per-query held-out results (shape ``(P,)``) and the setting chosen on each fitting fold."""
+
+    correct: torch.Tensor
+    label_mass: torch.Tensor
+    choices: list[dict]
+    control_correct: torch.Tensor | None = None
+
+
+def folds_of(n: int, n_folds: int = 2, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded random partition of ``range(n)`` into ``n_folds`` folds: ``(fit, evaluate)`` index pairs, where each
+    fold is evaluated once with everything fitted on the other folds."""
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= n:
+        raise ValueError(f"n_folds must be an integer in [2, n={n}], got {n_folds!r}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = [perm[i::n_folds].sort().values for i in range(n_folds)]
+    return [(torch.cat([q for j, q in enumerate(parts) if j != i]).sort().values, parts[i]) for i in range(n_folds)]
+
+
+def heldout_additive(unembed: Unembed, h_zero: torch.Tensor, h_icl: torch.Tensor, labels: torch.Tensor,
+                     label_ids: list[int], *, lambdas: list[float], context_layers: list[int], query_layer: int,
+                     n_folds: int = 2, seed: int = 0) -> HeldOut:
+    r"""Cross-fitted additive retrieval. On each fitting fold: :math:`\bar c = \mathrm{mean}(h_{ICL} - h_{zero})`
+    and the (context layer, lambda) of highest accuracy (ties: the earliest layer, then the smallest lambda); on the
+    held-out fold: the accuracy at that setting, and of a random direction with the norm of :math:`\bar c^{(l)}`
+    (seeded) at the same setting. ``h_icl`` may hold random-label ICL states (the random-label baseline)."""
+    if h_zero.shape != h_icl.shape or h_zero.shape[0] != labels.shape[0]:
+        raise ValueError(f"h_zero {tuple(h_zero.shape)}, h_icl {tuple(h_icl.shape)} and labels {tuple(labels.shape)} "
+                         "must agree in their number of queries (and the states in shape)")
+    P = h_zero.shape[0]
+    correct, ctrl, mass = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.float64), torch.zeros(P)
+    gen = torch.Generator().manual_seed(seed)
+    choices = []
+    for fit, ev in folds_of(P, n_folds, seed):
+        c_bar = lens.context_vector(h_icl[fit], h_zero[fit])
+        grid = dict(lambdas=lambdas, context_layers=context_layers, query_layers=[query_layer])
+        st = lens.additive_retrieval(unembed, h_zero[fit], c_bar, label_ids, **grid)
+        acc = st.accuracy(label_ids, labels[fit])[0]                        # (C, K)
+        j, i = divmod(int(acc.argmax()), len(lambdas))
+        l, lam = context_layers[j], lambdas[i]
+        one = dict(lambdas=[lam], context_layers=[l], query_layers=[query_layer])
+        held = lens.additive_retrieval(unembed, h_zero[ev], c_bar, label_ids, **one)
+        noise = torch.randn(c_bar.shape[-1], generator=gen)
+        c_rand = torch.zeros_like(c_bar)
+        c_rand[l] = noise / noise.norm() * c_bar[l].norm()
+        rand = lens.additive_retrieval(unembed, h_zero[ev], c_rand, label_ids, **one)
+        correct[ev] = held.correct(label_ids, labels[ev]).flatten()
+        mass[ev] = held.label_mass.flatten()
+        ctrl[ev] = rand.correct(label_ids, labels[ev]).flatten()
+        choices.append({"context_layer": l, "lambda": lam, "fit_accuracy": round(float(acc[j, i]), 4)})
+    return HeldOut(correct=correct, label_mass=mass, choices=choices, control_correct=ctrl)
+
+
+def heldout_task_vector(lm: LoadedModel, unembed: Unembed, zero_prompts: list[str], h_icl: torch.Tensor,
+                        labels: torch.Tensor, label_ids: list[int], *, layers: list[int], n_folds: int = 2,
+                        seed: int = 0, batch_size: int = 8) -> HeldOut:
+    """Cross-fitted task-vector patch: on each fitting fold, the task vector at layer l is the mean ICL state
+    :math:`\\mathrm{mean}\\,h_{ICL}^{(l)}`; the layer whose patch gives the fitting fold's zero-shot prompts the highest
+    final-layer accuracy is chosen, then the held-out prompts are run with that patch."""
+    if len(zero_prompts) != h_icl.shape[0] or labels.shape[0] != h_icl.shape[0]:
+        raise ValueError(f"zero_prompts ({len(zero_prompts)}), h_icl {tuple(h_icl.shape)} and labels "
+                         f"{tuple(labels.shape)} must have one entry per query")
+    bad = [l for l in layers if not (isinstance(l, int) and 0 <= l < lm.n_layers)]
+    if bad or not layers:
+        raise ValueError(f"layers must be non-empty block inputs in [0, {lm.n_layers - 1}], got {layers}")
+    P, L = h_icl.shape[0], lm.n_layers
+    correct, mass = torch.zeros(P, dtype=torch.float64), torch.zeros(P)
+    choices = []
+
+    def run(idx: torch.Tensor, layer: int, vector: torch.Tensor) -> lens.DecodeStats:
+        h = hidden_states(lm, [zero_prompts[i] for i in idx], batch_size=batch_size, progress=False,
+                          patch=Patch(layer, vector, "replace"))
+        return lens.decode_stats(unembed, h[:, L], label_ids)
+
+    for fit, ev in folds_of(P, n_folds, seed):
+        task_vectors = h_icl[fit].mean(0)                                       # (L+1, d)
+        accs = [float(run(fit, l, task_vectors[l]).accuracy(label_ids, labels[fit])) for l in layers]
+        best = max(range(len(layers)), key=lambda i: (accs[i], -i))
+        held = run(ev, layers[best], task_vectors[layers[best]])
+        correct[ev] = held.correct(label_ids, labels[ev])
+        mass[ev] = held.label_mass
+        choices.append({"layer": layers[best], "fit_accuracy": round(accs[best], 4)})
+    return HeldOut(correct=correct, label_mass=mass, choices=choices)

@@ -1,0 +1,170 @@
+"""Patching, the first-order bias, localisation measures, cross-fitted baselines and probes, on tiny random models."""
+import pytest
+import torch
+
+from cgar_src import lens, steering
+from cgar_src.lm import Patch, Unembed, hidden_states
+from cgar_src.probes import probe_correct
+from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
+
+
+def test_patch_identities(tiny):
+    base = hidden_states(tiny, PROMPTS, batch_size=2, progress=False)
+    L = tiny.n_layers
+    for layer in range(L + 1):
+        same = hidden_states(tiny, PROMPTS, batch_size=2, progress=False, patch=Patch(layer, base[:, layer]))
+        torch.testing.assert_close(same, base, atol=1e-4, rtol=0)
+        zero = hidden_states(tiny, PROMPTS, batch_size=2, progress=False, patch=Patch(layer, torch.zeros(64), "add"))
+        torch.testing.assert_close(zero, base, atol=1e-4, rtol=0)
+        v = torch.randn(64, generator=torch.Generator().manual_seed(layer)) * 3
+        moved = hidden_states(tiny, PROMPTS, batch_size=2, progress=False, patch=Patch(layer, v))
+        torch.testing.assert_close(moved[:, layer], v.expand(len(PROMPTS), -1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(moved[:, :layer], base[:, :layer], atol=1e-4, rtol=0)
+        if layer < L:  # the blocks after the patch see it
+            assert (moved[:, layer + 1] - base[:, layer + 1]).abs().max() > 1e-3
+
+
+def test_patch_of_the_final_norm_input_is_decoding(tiny):
+    un = Unembed(tiny.model)
+    v = torch.randn(len(PROMPTS), 64, generator=torch.Generator().manual_seed(1))
+    h = hidden_states(tiny, PROMPTS, batch_size=3, progress=False, patch=Patch(tiny.n_layers, v))
+    torch.testing.assert_close(h[:, -1], v, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bad, match", [(Patch(-1, torch.zeros(64)), "patch.layer"),
+                                        (Patch(0, torch.zeros(64), "swap"), "patch.mode"),
+                                        (Patch(0, torch.zeros(63)), "patch.vectors"),
+                                        (Patch(0, torch.full((64,), float("nan"))), "patch.vectors")])
+def test_bad_patch_is_rejected(tiny, bad, match):
+    with pytest.raises(ValueError, match=match):
+        hidden_states(tiny, PROMPTS, progress=False, patch=bad)
+
+
+def test_logit_bias_is_the_derivative_of_the_additive_score(tiny):
+    un = Unembed(tiny.model)
+    h = hidden_states(tiny, PROMPTS, progress=False)[:, -1]
+    c = torch.randn(64, generator=torch.Generator().manual_seed(2))
+    c = c / c.norm() * h.norm(dim=-1, keepdim=True)                               # each state's own scale
+    s_c = lens.logit_bias(un, h, c)
+    eps = 1e-3
+    with torch.no_grad():
+        fd = (un(h + eps * c) - un(h - eps * c)) / (2 * eps)
+    torch.testing.assert_close(s_c, fd, atol=2e-3 * fd.abs().max().item(), rtol=0)
+    # a direction along the state itself does not move a scale-invariant norm's output (RMSNorm / LayerNorm)
+    # (up to the norm's epsilon, which matters for the tiny GPT-2's small states)
+    assert (lens.logit_bias(un, h, h).abs().amax(-1) < 5e-2 * s_c.abs().amax(-1)).all()
+
+
+def test_retrieved_pattern_is_the_probability_weighted_memory(tiny):
+    un = Unembed(tiny.model)
+    h = hidden_states(tiny, PROMPTS, progress=False)[:, -1]
+    with torch.no_grad():
+        p = torch.softmax(un(h).double(), -1)
+    ref = p @ un.weight.double()
+    torch.testing.assert_close(lens.retrieved_pattern(un, h, vocab_chunk=50).double(), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_readout_basis_and_span_fraction(tiny):
+    un = Unembed(tiny.model)
+    ids = [3, 40, 100]
+    for through_norm in (True, False):
+        Q = lens.readout_basis(un, ids, through_norm=through_norm)
+        assert Q.shape == (64, 3)
+        torch.testing.assert_close(Q.T @ Q, torch.eye(3), atol=1e-5, rtol=0)
+    Q = lens.readout_basis(un, ids, through_norm=False)
+    inside = torch.tensor([1.0, -2.0, 0.5]) @ un.weight[ids].detach()          # a combination of the rows
+    assert lens.span_fraction(inside, Q).item() == pytest.approx(1.0, abs=1e-5)
+    v = torch.randn(500, 64, generator=torch.Generator().manual_seed(3))
+    orth = v - (v @ Q) @ Q.T
+    assert lens.span_fraction(orth, Q).abs().max() < 1e-6
+    assert lens.span_fraction(v, Q).mean().item() == pytest.approx(3 / 64, rel=0.25)  # random direction: k/d
+    with pytest.raises(ValueError, match="token_ids"):
+        lens.readout_basis(un, [])
+
+
+def test_additive_retrieval_per_prompt_context(tiny):
+    un = Unembed(tiny.model)
+    h = hidden_states(tiny, PROMPTS, progress=False)
+    c = torch.randn(h.shape[1:], generator=torch.Generator().manual_seed(4))
+    grid = dict(lambdas=[0.0, 1.0], context_layers=[1, 3], query_layers=[3])
+    shared = lens.additive_retrieval(un, h, c, [5, 6], **grid)
+    per = lens.additive_retrieval(un, h, c.expand_as(h).clone(), [5, 6], **grid)
+    torch.testing.assert_close(per.n_eff, shared.n_eff)
+    with pytest.raises(ValueError, match="c_bar"):
+        lens.additive_retrieval(un, h, c[:2], [5, 6], **grid)
+
+
+def test_folds_partition_the_queries():
+    folds = steering.folds_of(11, 3, seed=5)
+    evals = torch.cat([ev for _, ev in folds]).sort().values
+    assert torch.equal(evals, torch.arange(11))
+    for fit, ev in folds:
+        assert not set(fit.tolist()) & set(ev.tolist()) and len(fit) + len(ev) == 11
+    with pytest.raises(ValueError, match="n_folds"):
+        steering.folds_of(5, 1)
+
+
+def test_heldout_additive_never_uses_a_query_to_score_itself(tiny):
+    un = Unembed(tiny.model)
+    prompts = [f"{p} {i}" for i in range(3) for p in PROMPTS]                      # 12 queries
+    h0 = hidden_states(tiny, prompts, progress=False)
+    g = torch.Generator().manual_seed(6)
+    h1 = h0 + torch.randn(h0.shape, generator=g)
+    labels = torch.randint(0, 2, (len(prompts),), generator=g)
+    kw = dict(lambdas=[0.5, 2.0], context_layers=[1, 2, 3], query_layer=3, n_folds=2, seed=0)
+    a = steering.heldout_additive(un, h0, h1, labels, [10, 20], **kw)
+    assert a.correct.shape == (12,) and set(a.correct.unique().tolist()) <= {0.0, 1.0}
+    assert len(a.choices) == 2 and all(c["context_layer"] in (1, 2, 3) for c in a.choices)
+    fit, ev = steering.folds_of(12, 2, seed=0)[0]
+    h1b = h1.clone()
+    h1b[ev] += 50 * torch.randn(h1b[ev].shape, generator=g)       # scramble the evaluated fold's own ICL states
+    b = steering.heldout_additive(un, h0, h1b, labels, [10, 20], **kw)
+    assert torch.equal(a.correct[ev], b.correct[ev]) and a.choices[0] == b.choices[0]
+    with pytest.raises(ValueError, match="must agree"):
+        steering.heldout_additive(un, h0, h1[:5], labels, [10, 20], **kw)
+
+
+def test_heldout_task_vector_never_uses_a_query_to_score_itself(tiny):
+    un = Unembed(tiny.model)
+    prompts = [f"{p} {i}" for i in range(2) for p in PROMPTS]                      # 8 queries
+    h_icl = hidden_states(tiny, [p + " ctx" for p in prompts], progress=False)
+    labels = torch.tensor([0, 1] * 4)
+    kw = dict(layers=[1, 2], n_folds=2, seed=0)
+    a = steering.heldout_task_vector(tiny, un, prompts, h_icl, labels, [10, 20], **kw)
+    fit, ev = steering.folds_of(8, 2, seed=0)[0]
+    scrambled = h_icl.clone()
+    scrambled[ev] += 10
+    b = steering.heldout_task_vector(tiny, un, prompts, scrambled, labels, [10, 20], **kw)
+    assert torch.equal(a.correct[ev], b.correct[ev]) and a.choices[0] == b.choices[0]
+    assert all(c["layer"] in (1, 2) for c in a.choices)
+    with pytest.raises(ValueError, match="layers"):
+        steering.heldout_task_vector(tiny, un, prompts, h_icl, labels, [10, 20], layers=[tiny.n_layers])
+
+
+def test_probe_finds_the_informative_layer():
+    g = torch.Generator().manual_seed(7)
+    labels = torch.arange(60) % 3
+    states = torch.randn(60, 2, 20, generator=g)
+    states[:, 1, :3] += 6 * torch.nn.functional.one_hot(labels, 3)                # layer 1 separable, layer 0 noise
+    acc = probe_correct(states, labels, n_folds=5, progress=False).mean(0)
+    assert acc[1] == 1.0 and acc[0] < 0.6
+    with pytest.raises(ValueError, match="n_folds"):
+        probe_correct(states, labels, n_folds=1, progress=False)
+    with pytest.raises(ValueError, match="states"):
+        probe_correct(states[:10], labels, progress=False)
+
+
+def test_fact_states_shapes_and_validation(tiny, tmp_path):
+    from cgar_src.icl import fact_states
+
+    fs = fact_states(tiny, ["P30", "P37"], n_facts=3, shots=2, seed=1, cache_root=tmp_path, progress=False)
+    assert fs.h_zero.shape == fs.h_pos.shape == fs.h_neg.shape == (6, tiny.n_layers + 1, 64)
+    assert fs.relations == ["P30"] * 3 + ["P37"] * 3 and fs.object_ids.shape == (6,)
+    assert fs.n_forward == 18 and not torch.equal(fs.h_pos, fs.h_neg)
+    again = fact_states(tiny, ["P30", "P37"], n_facts=3, shots=2, seed=1, cache_root=tmp_path, progress=False)
+    assert again.n_forward == 0 and torch.equal(again.h_pos, fs.h_pos)
+    for kw, match in [(dict(n_facts=1), "n_facts"), (dict(shots=0), "shots"),
+                      (dict(relations=["P30", "P30"]), "relations"), (dict(relations=["P0"]), "P0")]:
+        args = dict(relations=["P30"], n_facts=3, shots=2) | kw
+        with pytest.raises(ValueError, match=match):
+            fact_states(tiny, args.pop("relations"), cache_root=tmp_path, progress=False, **args)
