@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .lm import LoadedModel, hidden_states, user_cache_dir
+from .lm import MAX_BATCH_TOKENS, LoadedModel, Patch, hidden_states, user_cache_dir
 from .records import atomic_path, write_json_atomic
 
 __all__ = ["CachedStates", "cached_states"]
@@ -32,8 +32,10 @@ def _sha(text: str) -> str:
 
 
 def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root: str | os.PathLike | None = None,
-                  chunk_size: int = 64, batch_size: int = 8, progress: bool = True) -> CachedStates:
-    """States of ``prompts`` from the cache, computing (one forward pass per distinct prompt) what is missing."""
+                  chunk_size: int = 64, batch_size: int = 8, progress: bool = True,
+                  patch: Patch | None = None) -> CachedStates:
+    """States of ``prompts`` from the cache, computing (one forward pass per distinct prompt) what is missing.
+    With a ``patch`` (one vector for all prompts), its layer, mode and the vector's bytes are part of the key."""
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
     if not isinstance(meta, dict):
@@ -41,8 +43,14 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
     unique = list(dict.fromkeys(prompts))
     # "batching" names how hidden_states groups prompts: batch composition moves float results at the 1e-5 level,
     # so states computed with another grouping are a different entry
-    ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype, "batching": "length-sorted",
+    ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype, "batching": f"length-sorted, right-padded, <= {MAX_BATCH_TOKENS} tokens",
              "batch_size": batch_size, **meta}
+    if patch is not None:
+        vec = torch.as_tensor(patch.vectors, dtype=torch.float32)
+        if vec.ndim != 1:
+            raise ValueError(f"patch.vectors must be one vector (d,) for cached states, got shape {tuple(vec.shape)}")
+        ident["patch"] = {"layer": patch.layer, "mode": patch.mode,
+                          "vector_sha256": hashlib.sha256(vec.contiguous().numpy().tobytes()).hexdigest()}
     try:
         ident_json = json.dumps(ident, sort_keys=True)
     except TypeError as err:
@@ -68,7 +76,7 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
             except Exception:  # damaged file: recompute below
                 states = None
         if states is None:
-            states = hidden_states(lm, part, batch_size=batch_size, progress=progress)
+            states = hidden_states(lm, part, batch_size=batch_size, progress=progress, patch=patch)
             n_forward += len(part)
             with atomic_path(file) as tmp:
                 torch.save({"prompt_sha": hashes, "states": states}, tmp)

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 __all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "Unembed", "Patch", "PATCH_MODES", "hidden_states",
+           "length_batches", "MAX_BATCH_TOKENS",
            "user_cache_dir"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -225,15 +226,36 @@ def _check_patch(lm: LoadedModel, patch: Patch, n_prompts: int) -> torch.Tensor:
     return v
 
 
+MAX_BATCH_TOKENS = 2048
+
+
+def length_batches(lengths: list[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> list[list[int]]:
+    """Indices of prompts grouped for batching: in order of token length, at most ``batch_size`` prompts and at most
+    ``max_tokens`` padded tokens per batch (a prompt longer than that runs alone). On a CPU, long prompts run faster
+    one at a time and short ones batched; every batch has little padding."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
 def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True,
                   patch: Patch | None = None) -> torch.Tensor:
     """Last-token residual states of every layer for each prompt: float32 tensor ``(P, L+1, d)``.
 
-    One forward pass of the transformer body per prompt (the output head is not needed). Prompts are batched in
-    order of token length (least padding), with left padding, attention masks and explicit position ids, and
-    returned in the order given. Entry L is the input of the final norm (captured by a hook), see the module
-    docstring. With a :class:`Patch`, entry ``patch.layer`` is the patched state and later entries follow from it.
+    One forward pass of the transformer body per prompt (the output head is not needed). Prompts are batched by
+    :func:`length_batches` (in order of token length, at most ``batch_size`` prompts and :data:`MAX_BATCH_TOKENS`
+    padded tokens a batch) and returned in the order given. Padding goes on the right and no
+    attention mask is passed: under causal attention a prompt's real tokens never see the padding after them, so
+    batched equals unbatched exactly, and attention runs on the fused causal kernel. Entry L is the input of the
+    final norm (captured by a hook), see the module docstring. With a :class:`Patch`, entry ``patch.layer`` is the
+    patched state and later entries follow from it.
     """
     if not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
@@ -241,39 +263,40 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     vectors = _check_patch(lm, patch, len(prompts)) if patch is not None else None
     norm = _final_norm(model)
     captured: list[torch.Tensor] = []
-    current: dict[str, torch.Tensor] = {}
+    current: dict[str, torch.Tensor] = {}          # the batch's last-token positions (and patch vectors)
+
+    def last_token(h: torch.Tensor) -> torch.Tensor:
+        return h[torch.arange(h.shape[0], device=h.device), current["last"].to(h.device)]
+
     hooks = []
     if patch is not None:
         def intervene(_m, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
             h = h.clone()
+            rows, last = torch.arange(h.shape[0], device=h.device), current["last"].to(h.device)
             v = current["v"].to(device=h.device, dtype=h.dtype)
-            h[:, -1] = v if patch.mode == "replace" else h[:, -1] + v
+            h[rows, last] = v if patch.mode == "replace" else h[rows, last] + v
             return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
 
         target = norm if patch.layer == lm.n_layers else _blocks(model)[patch.layer]
         hooks.append(target.register_forward_pre_hook(intervene, with_kwargs=True))
     # registered after the intervention: pre-hooks run in order, so entry L shows a patch of the final norm's input
-    hooks.append(norm.register_forward_pre_hook(lambda _m, args: captured.append(args[0][:, -1].float().cpu())))
-    tok.padding_side = "left"
-    lengths = [len(ids) for ids in tok(prompts)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    hooks.append(norm.register_forward_pre_hook(lambda _m, args: captured.append(last_token(args[0]).float().cpu())))
+    tok.padding_side = "right"
+    batches = length_batches([len(ids) for ids in tok(prompts)["input_ids"]], batch_size)
     out = torch.empty(len(prompts), lm.n_layers + 1, model.config.hidden_size)
     try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc="forward passes", disable=not progress,
-                          unit="batch"):
-            idx = order[start:start + batch_size]
+        for idx in tqdm(batches, desc="forward passes", disable=not progress, unit="batch"):
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True)
-            mask = enc["attention_mask"].to(lm.device)
-            position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+            current["last"] = enc["attention_mask"].sum(-1) - 1
             captured.clear()
             if vectors is not None:
                 current["v"] = vectors[idx]
             # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
             # output head (vocab x d over every position) is skipped
-            res = model.base_model(input_ids=enc["input_ids"].to(lm.device), attention_mask=mask,
-                                   position_ids=position_ids, output_hidden_states=True, use_cache=False)
-            states = torch.stack([h[:, -1].float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
+            res = model.base_model(input_ids=enc["input_ids"].to(lm.device), output_hidden_states=True,
+                                   use_cache=False)
+            states = torch.stack([last_token(h).float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
             if vectors is not None:  # HF records a block's input before its pre-hooks run: show the patched entry
                 base = states[:, patch.layer]
                 states[:, patch.layer] = vectors[idx] if patch.mode == "replace" else base + vectors[idx]

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from . import lens
-from .lm import LoadedModel, Patch, Unembed, hidden_states
+from .cache import cached_states
+from .lm import LoadedModel, Patch, Unembed
 
 __all__ = ["HeldOut", "folds_of", "heldout_additive", "heldout_task_vector"]
 
@@ -77,10 +78,11 @@ def heldout_additive(unembed: Unembed, h_zero: torch.Tensor, h_icl: torch.Tensor
 
 def heldout_task_vector(lm: LoadedModel, unembed: Unembed, zero_prompts: list[str], h_icl: torch.Tensor,
                         labels: torch.Tensor, label_ids: list[int], *, layers: list[int], n_folds: int = 2,
-                        seed: int = 0, batch_size: int = 8) -> HeldOut:
+                        seed: int = 0, batch_size: int = 8, cache_root=None) -> HeldOut:
     """Cross-fitted task-vector patch: on each fitting fold, the task vector at layer l is the mean ICL state
     :math:`\\mathrm{mean}\\,h_{ICL}^{(l)}`; the layer whose patch gives the fitting fold's zero-shot prompts the highest
-    final-layer accuracy is chosen, then the held-out prompts are run with that patch."""
+    final-layer accuracy is chosen, then the held-out prompts are run with that patch. Patched states are cached
+    (:func:`cgar_src.cache.cached_states`, keyed by the patch)."""
     if len(zero_prompts) != h_icl.shape[0] or labels.shape[0] != h_icl.shape[0]:
         raise ValueError(f"zero_prompts ({len(zero_prompts)}), h_icl {tuple(h_icl.shape)} and labels "
                          f"{tuple(labels.shape)} must have one entry per query")
@@ -92,8 +94,8 @@ def heldout_task_vector(lm: LoadedModel, unembed: Unembed, zero_prompts: list[st
     choices = []
 
     def run(idx: torch.Tensor, layer: int, vector: torch.Tensor) -> lens.DecodeStats:
-        h = hidden_states(lm, [zero_prompts[i] for i in idx], batch_size=batch_size, progress=False,
-                          patch=Patch(layer, vector, "replace"))
+        h = cached_states(lm, [zero_prompts[i] for i in idx], {"kind": "task-vector patch"}, cache_root=cache_root,
+                          batch_size=batch_size, progress=False, patch=Patch(layer, vector, "replace")).states
         return lens.decode_stats(unembed, h[:, L], label_ids)
 
     for fit, ev in folds_of(P, n_folds, seed):

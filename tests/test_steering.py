@@ -124,13 +124,15 @@ def test_heldout_additive_never_uses_a_query_to_score_itself(tiny):
         steering.heldout_additive(un, h0, h1[:5], labels, [10, 20], **kw)
 
 
-def test_heldout_task_vector_never_uses_a_query_to_score_itself(tiny):
+def test_heldout_task_vector_never_uses_a_query_to_score_itself(tiny, tmp_path):
     un = Unembed(tiny.model)
     prompts = [f"{p} {i}" for i in range(2) for p in PROMPTS]                      # 8 queries
     h_icl = hidden_states(tiny, [p + " ctx" for p in prompts], progress=False)
     labels = torch.tensor([0, 1] * 4)
-    kw = dict(layers=[1, 2], n_folds=2, seed=0)
+    kw = dict(layers=[1, 2], n_folds=2, seed=0, cache_root=tmp_path)
     a = steering.heldout_task_vector(tiny, un, prompts, h_icl, labels, [10, 20], **kw)
+    again = steering.heldout_task_vector(tiny, un, prompts, h_icl, labels, [10, 20], **kw)    # from the cache
+    assert torch.equal(a.correct, again.correct) and a.choices == again.choices
     fit, ev = steering.folds_of(8, 2, seed=0)[0]
     scrambled = h_icl.clone()
     scrambled[ev] += 10
@@ -168,3 +170,33 @@ def test_fact_states_shapes_and_validation(tiny, tmp_path):
         args = dict(relations=["P30"], n_facts=3, shots=2) | kw
         with pytest.raises(ValueError, match=match):
             fact_states(tiny, args.pop("relations"), cache_root=tmp_path, progress=False, **args)
+
+
+def test_length_batches():
+    from cgar_src.lm import length_batches
+
+    lengths = [50, 1200, 10, 300, 3000, 40, 300]
+    batches = length_batches(lengths, batch_size=3, max_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 1000)
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)                                       # in order of length: little padding
+    assert [4] in batches and [1] in batches                          # longer than the budget: alone
+    with pytest.raises(ValueError, match="batch_size"):
+        length_batches(lengths, batch_size=0)
+
+
+def test_patched_states_are_cached_by_patch(tiny, tmp_path):
+    from cgar_src.cache import cached_states
+
+    v1, v2 = torch.ones(64), -torch.ones(64)
+    a = cached_states(tiny, PROMPTS, {"t": 1}, cache_root=tmp_path, progress=False, patch=Patch(1, v1))
+    b = cached_states(tiny, PROMPTS, {"t": 1}, cache_root=tmp_path, progress=False, patch=Patch(1, v1))
+    c = cached_states(tiny, PROMPTS, {"t": 1}, cache_root=tmp_path, progress=False, patch=Patch(1, v2))
+    assert a.n_forward == len(PROMPTS) and b.n_forward == 0 and c.n_forward == len(PROMPTS)
+    assert torch.equal(a.states, b.states) and not torch.equal(a.states, c.states)
+    torch.testing.assert_close(a.states[:, 1], v1.expand(len(PROMPTS), -1))
+    with pytest.raises(ValueError, match="one vector"):
+        cached_states(tiny, PROMPTS, {"t": 1}, cache_root=tmp_path, progress=False,
+                      patch=Patch(1, torch.zeros(len(PROMPTS), 64)))
