@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Example", "Fact", "TASKS", "Task", "data_dir", "load_examples", "load_facts", "label_token_ids",
+__all__ = ["Example", "Fact", "TASKS", "Task", "data_dir", "load_examples", "load_facts", "first_token_ids", "label_token_ids",
            "icl_prompt", "sample_demos", "lama_prompts"]
 
 
@@ -143,9 +143,14 @@ def load_facts(relations: list[str] | None = None, *, root: str | os.PathLike | 
     return facts
 
 
+def first_token_ids(tokenizer, words: tuple[str, ...] | list[str]) -> list[int]:
+    """First token of " word" (the word as a continuation after a space) for each word."""
+    return [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
+
+
 def label_token_ids(tokenizer, words: tuple[str, ...] | list[str]) -> list[int]:
-    """First token of " word" for each label word; raises if two words share their first token."""
-    ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
+    """:func:`first_token_ids` of the label words; raises if two words share their first token."""
+    ids = first_token_ids(tokenizer, words)
     if len(set(ids)) != len(ids):
         clash = [w for w, i in zip(words, ids) if ids.count(i) > 1]
         raise ValueError(f"label words {clash} share their first token for this tokenizer; choose other label words")

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .cache import cached_states
-from .data import TASKS, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts, sample_demos
+from ._validate import positive_int
+from .data import (TASKS, first_token_ids, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts,
+                   sample_demos)
 from .lm import LoadedModel
 
 __all__ = ["TaskStates", "task_states", "LABEL_MODES", "FactStates", "fact_states"]
@@ -41,8 +43,7 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     ``label_mode="random"`` gives the demonstrations random labels (a control)."""
     if dataset not in TASKS:
         raise ValueError(f"dataset must be one of {sorted(TASKS)}, got {dataset!r}")
-    if isinstance(n_queries, bool) or not isinstance(n_queries, int) or n_queries < 1:
-        raise ValueError(f"n_queries must be an integer >= 1, got {n_queries!r}")
+    positive_int(n_queries, "n_queries")
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise ValueError(f"shots must be an integer >= 0 (demonstrations per class), got {shots!r}")
     if label_mode not in LABEL_MODES:
@@ -98,8 +99,7 @@ def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: i
     """States for ``n_facts`` seeded facts of each relation (book chapter ``09_factual_steering``)."""
     if isinstance(n_facts, bool) or not isinstance(n_facts, int) or n_facts < 2:
         raise ValueError(f"n_facts must be an integer >= 2 (facts per relation), got {n_facts!r}")
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise ValueError(f"shots must be an integer >= 1 (demonstration facts per prompt), got {shots!r}")
+    positive_int(shots, "shots")
     if not relations or len(set(relations)) != len(relations):
         raise ValueError(f"relations must be a non-empty list of distinct LAMA relation ids, got {relations!r}")
     facts = load_facts(relations, root=root)
@@ -115,7 +115,7 @@ def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: i
             prompts[kind] += ps
         rel_of += [r] * n_facts
         objs += [q.obj for q in queries]
-    object_ids = torch.tensor([lm.tokenizer(" " + o, add_special_tokens=False)["input_ids"][0] for o in objs])
+    object_ids = torch.tensor(first_token_ids(lm.tokenizer, objs))
     params = {"dataset": "lama-trex", "relations": list(relations), "n_facts": n_facts, "shots": shots, "seed": seed,
               "model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype}
     states, n_forward = {}, 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -16,7 +17,7 @@ from ._validate import _scalar
 from .lm import Unembed
 
 __all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "logit_bias",
-           "retrieved_pattern", "readout_basis", "span_fraction"]
+           "retrieved_pattern", "readout_basis", "span_fraction", "norm_matched_random", "leave_one_out_mean"]
 
 CONTEXT_VARIANTS = ("difference", "icl_mean", "random_label")
 
@@ -41,6 +42,27 @@ class DecodeStats:
         return self.correct(label_token_ids, labels).mean(0)
 
 
+class _Chunk(NamedTuple):
+    start: int            # first token id of the chunk
+    z: torch.Tensor       # logits of the chunk
+    e: torch.Tensor       # exp(z - m)
+    scale: torch.Tensor   # exp(previous m - m): rescales sums accumulated over earlier chunks
+    m: torch.Tensor       # running maximum over the chunks so far
+    cmax: torch.Tensor    # the chunk's maximum and its position in the chunk
+    carg: torch.Tensor
+
+
+def _vocab_stream(h: torch.Tensor, W: torch.Tensor, vocab_chunk: int):
+    """Online softmax over the vocabulary in chunks (shared by :func:`decode_stats` and :func:`retrieved_pattern`)."""
+    m = torch.full((h.shape[0],), -math.inf, device=W.device)
+    for v in range(0, W.shape[0], vocab_chunk):
+        z = (h @ W[v:v + vocab_chunk].T).float()
+        cmax, carg = z.max(-1)
+        m_new = torch.maximum(m, cmax)
+        yield _Chunk(v, z, torch.exp(z - m_new[:, None]), torch.exp(m - m_new), m_new, cmax, carg)
+        m = m_new
+
+
 @torch.no_grad()
 def decode_stats(unembed: Unembed, states: torch.Tensor, label_token_ids: list[int], *,
                  vocab_chunk: int = 8192, state_batch: int = 256) -> DecodeStats:
@@ -54,23 +76,16 @@ def decode_stats(unembed: Unembed, states: torch.Tensor, label_token_ids: list[i
     outs = {k: [] for k in ("argmax", "n_eff", "label_mass", "label_logits")}
     for s in range(0, flat.shape[0], state_batch):
         h = unembed.normalize(flat[s:s + state_batch])
-        m = torch.full((h.shape[0],), -math.inf, device=W.device)
         z_sum = torch.zeros(h.shape[0], device=W.device)      # sum exp(z - m)
         zz_sum = torch.zeros(h.shape[0], device=W.device)     # sum z exp(z - m)
         best_val = torch.full((h.shape[0],), -math.inf, device=W.device)
         best_idx = torch.zeros(h.shape[0], dtype=torch.long, device=W.device)
-        for v in range(0, W.shape[0], vocab_chunk):
-            z = (h @ W[v:v + vocab_chunk].T).float()
-            cmax, carg = z.max(-1)
-            better = cmax > best_val
-            best_val, best_idx = torch.where(better, cmax, best_val), torch.where(better, carg + v, best_idx)
-            m_new = torch.maximum(m, cmax)
-            scale = torch.exp(m - m_new)
-            e = torch.exp(z - m_new[:, None])
-            z_sum = z_sum * scale + e.sum(-1)
-            zz_sum = zz_sum * scale + (e * z).sum(-1)
-            m = m_new
-        lse = m + torch.log(z_sum)
+        for c in _vocab_stream(h, W, vocab_chunk):
+            better = c.cmax > best_val
+            best_val, best_idx = torch.where(better, c.cmax, best_val), torch.where(better, c.carg + c.start, best_idx)
+            z_sum = z_sum * c.scale + c.e.sum(-1)
+            zz_sum = zz_sum * c.scale + (c.e * c.z).sum(-1)
+        lse = c.m + torch.log(z_sum)
         entropy = lse - zz_sum / z_sum
         lab = (h @ W[labels].T).float()
         outs["argmax"].append(best_idx.cpu())
@@ -98,6 +113,20 @@ def context_vector(h_icl: torch.Tensor, h_zero: torch.Tensor | None = None, vari
     if h_zero is None or h_zero.shape != h_icl.shape:
         raise ValueError(f"variant {variant!r} needs h_zero with the shape of h_icl {tuple(h_icl.shape)}")
     return (h_icl - h_zero).mean(0)
+
+
+def norm_matched_random(c: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random directions with the norms of ``c`` ``(..., d)``, one per row: the control for a context vector."""
+    noise = torch.randn(c.shape, generator=generator, dtype=c.dtype)
+    return noise / noise.norm(dim=-1, keepdim=True) * c.norm(dim=-1, keepdim=True)
+
+
+def leave_one_out_mean(x: torch.Tensor) -> torch.Tensor:
+    """Row i of the result is the mean of all rows of ``x`` but row i (first axis, at least two rows): a per-query
+    average that never contains the query itself."""
+    if x.shape[0] < 2:
+        raise ValueError(f"x needs at least two rows for leave-one-out means, got {x.shape[0]}")
+    return (x.sum(0, keepdim=True) - x) / (x.shape[0] - 1)
 
 
 def additive_retrieval(unembed: Unembed, h_zero: torch.Tensor, c_bar: torch.Tensor, label_token_ids: list[int], *,
@@ -144,17 +173,11 @@ def retrieved_pattern(unembed: Unembed, states: torch.Tensor, *, vocab_chunk: in
     vocabulary. ``states`` ``(P, d)``; returns ``(P, d)`` float32."""
     W = unembed.weight
     h = unembed.normalize(states)
-    m = torch.full((h.shape[0],), -math.inf, device=W.device)
     z_sum = torch.zeros(h.shape[0], device=W.device)
     acc = torch.zeros(h.shape[0], W.shape[1], device=W.device, dtype=torch.float64)  # the mean cancels: accumulate in float64
-    for v in range(0, W.shape[0], vocab_chunk):
-        z = (h @ W[v:v + vocab_chunk].T).float()
-        m_new = torch.maximum(m, z.max(-1).values)
-        scale = torch.exp(m - m_new)
-        e = torch.exp(z - m_new[:, None])
-        z_sum = z_sum * scale + e.sum(-1)
-        acc = acc * scale[:, None].double() + e.double() @ W[v:v + vocab_chunk].double()
-        m = m_new
+    for c in _vocab_stream(h, W, vocab_chunk):
+        z_sum = z_sum * c.scale + c.e.sum(-1)
+        acc = acc * c.scale[:, None].double() + c.e.double() @ W[c.start:c.start + vocab_chunk].double()
     return (acc / z_sum[:, None].double()).float().cpu()
 
 

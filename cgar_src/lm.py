@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ._validate import positive_int
+
 __all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "Unembed", "Patch", "PATCH_MODES", "hidden_states",
            "length_batches", "MAX_BATCH_TOKENS",
            "user_cache_dir"]
@@ -233,8 +235,7 @@ def length_batches(lengths: list[int], batch_size: int, max_tokens: int = MAX_BA
     """Indices of prompts grouped for batching: in order of token length, at most ``batch_size`` prompts and at most
     ``max_tokens`` padded tokens per batch (a prompt longer than that runs alone). On a CPU, long prompts run faster
     one at a time and short ones batched; every batch has little padding."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     batches: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
@@ -276,6 +277,7 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
             rows, last = torch.arange(h.shape[0], device=h.device), current["last"].to(h.device)
             v = current["v"].to(device=h.device, dtype=h.dtype)
             h[rows, last] = v if patch.mode == "replace" else h[rows, last] + v
+            current["patched"] = h[rows, last].float().cpu()
             return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
 
         target = norm if patch.layer == lm.n_layers else _blocks(model)[patch.layer]
@@ -298,8 +300,7 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
                                    use_cache=False)
             states = torch.stack([last_token(h).float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
             if vectors is not None:  # HF records a block's input before its pre-hooks run: show the patched entry
-                base = states[:, patch.layer]
-                states[:, patch.layer] = vectors[idx] if patch.mode == "replace" else base + vectors[idx]
+                states[:, patch.layer] = current["patched"]
             out[idx] = states
     finally:
         for h in hooks:

@@ -65,10 +65,7 @@ def heldout_additive(unembed: Unembed, h_zero: torch.Tensor, h_icl: torch.Tensor
         l, lam = context_layers[j], lambdas[i]
         one = dict(lambdas=[lam], context_layers=[l], query_layers=[query_layer])
         held = lens.additive_retrieval(unembed, h_zero[ev], c_bar, label_ids, **one)
-        noise = torch.randn(c_bar.shape[-1], generator=gen)
-        c_rand = torch.zeros_like(c_bar)
-        c_rand[l] = noise / noise.norm() * c_bar[l].norm()
-        rand = lens.additive_retrieval(unembed, h_zero[ev], c_rand, label_ids, **one)
+        rand = lens.additive_retrieval(unembed, h_zero[ev], lens.norm_matched_random(c_bar, gen), label_ids, **one)
         correct[ev] = held.correct(label_ids, labels[ev]).flatten()
         mass[ev] = held.label_mass.flatten()
         ctrl[ev] = rand.correct(label_ids, labels[ev]).flatten()

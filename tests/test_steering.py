@@ -200,3 +200,17 @@ def test_patched_states_are_cached_by_patch(tiny, tmp_path):
     with pytest.raises(ValueError, match="one vector"):
         cached_states(tiny, PROMPTS, {"t": 1}, cache_root=tmp_path, progress=False,
                       patch=Patch(1, torch.zeros(len(PROMPTS), 64)))
+
+
+def test_norm_matched_random_and_leave_one_out_mean():
+    g = torch.Generator().manual_seed(8)
+    c = torch.randn(5, 7, generator=g) * torch.arange(1, 6).view(5, 1)
+    r = lens.norm_matched_random(c, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(r.norm(dim=-1), c.norm(dim=-1))
+    assert torch.nn.functional.cosine_similarity(r, c, dim=-1).abs().max() < 0.99
+    x = torch.randn(6, 3, 4, generator=g)
+    loo = lens.leave_one_out_mean(x)
+    for i in range(6):
+        torch.testing.assert_close(loo[i], torch.cat([x[:i], x[i + 1:]]).mean(0))
+    with pytest.raises(ValueError, match="two rows"):
+        lens.leave_one_out_mean(x[:1])
