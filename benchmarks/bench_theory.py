@@ -1,9 +1,10 @@
 """Speed of the theory chapters (issue 3 targets).
 
 1. The Figure 2 sweep (N = 1000, d = 128, 2000 trials x 8 noise levels x 5 couplings, fixed point to 1e-8), batched
-   over trials, against a per-trial Python loop doing the same arithmetic. The loop is timed on ``--loop-trials``
-   trials per (sigma, lambda) and scaled linearly to all trials (it would take tens of minutes in full); both paths
-   are checked to agree on those trials. Target: ratio >= 20.
+   over trials, against a per-trial Python loop doing the same arithmetic: the loop calls the same solver
+   (``dynamics.fixed_point``, support screening included) on one trial at a time. The loop is timed on
+   ``--loop-trials`` trials per (sigma, lambda) and scaled linearly to all trials (it would take tens of minutes in
+   full); both paths are checked to agree on those trials. Target: ratio >= 20.
 2. Wall time of executing each theory chapter from scratch (nbclient, as the book build does). Target: < 60 s each.
 
     python benchmarks/bench_theory.py [--loop-trials 25] [--skip-chapters]

@@ -25,6 +25,7 @@ __all__ = [
     "phi",
     "FixedPoint",
     "fixed_point",
+    "support_screen",
     "contraction_bound",
     "phi_jacobian",
     "spectral_radius",
@@ -95,7 +96,8 @@ def contraction_bound(alpha: float, beta: float, lam: float, kind: GateKind = "s
 
 @dataclass
 class FixedPoint:
-    """Result of :func:`fixed_point`: the fixed point p, its gate g, and per-instance residual and iterations."""
+    """Result of :func:`fixed_point`: the fixed point p, its gate g, per-instance residual and iterations, the
+    contraction bound, and how many columns the iteration ran on (N, or fewer after :func:`support_screen`)."""
 
     p: torch.Tensor
     g: torch.Tensor
@@ -103,6 +105,7 @@ class FixedPoint:
     iterations: torch.Tensor
     converged: torch.Tensor
     bound: float
+    columns: int
 
 
 def fixed_point(
@@ -121,9 +124,12 @@ def fixed_point(
     r"""Solve :math:`p = \Phi_{\alpha,\lambda}(p)` for a whole batch by (damped) fixed-point iteration.
 
     ``p_{t+1} = (1-\omega) p_t + \omega\Phi(p_t)``. The default start is the first-order solution
-    :math:`\Phi(0)`-style guess ``softmax(beta (s_q + lam G(s_c)))``. Each instance stops counting iterations when
-    its residual :math:`\|\Phi(p)-p\|_\infty` drops to ``tol``; the loop ends when all have converged or at
+    :math:`\Phi(0) = \mathrm{softmax}(\beta(s_q + \lambda G_\alpha(s_c)))`. Each instance stops counting iterations
+    when its residual :math:`\|\Phi(p)-p\|_\infty` drops to ``tol``; the loop ends when all have converged or at
     ``max_iter``. Below the contraction bound (L < 1) convergence is geometric with rate L.
+
+    With the sparsemax gate and the default start the iteration runs on the screened columns only (exact, see
+    :func:`support_screen`); with ``p0`` given or the softmax gate, on all N columns.
     """
     alpha, beta, lam = positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam")
     tol = positive(tol, "tol")
@@ -133,22 +139,45 @@ def fixed_point(
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     s_q, s_c = _scores(s_q, s_c)
     kind = _kind(kind)
-    if p0 is None:  # the first-order approximation, which is Phi(0)
-        p = _phi(torch.zeros_like(s_q), s_q, s_c, alpha, beta, lam, kind)[0]
-    else:
-        p = as_tensor(p0, "p0", dtype=s_q.dtype).expand_as(s_q).clone()
+    if p0 is not None:
+        p0 = as_tensor(p0, "p0", dtype=s_q.dtype)
+        try:
+            p0 = p0.expand_as(s_q)
+        except RuntimeError:
+            raise ValueError(f"p0 must broadcast against s_q {tuple(s_q.shape)}, got {tuple(p0.shape)}") from None
     batch, n = s_q.shape[:-1], s_q.shape[-1]
-    # flatten the batch; each step updates only the instances that have not converged yet
-    p, sq, sc = p.reshape(-1, n), s_q.reshape(-1, n), s_c.reshape(-1, n)
-    g = torch.empty_like(p)  # the gate at the returned p, kept from the last map evaluation of each instance
-    iterations = torch.zeros(p.shape[0], dtype=torch.long)
-    residual = torch.full((p.shape[0],), float("inf"), dtype=s_q.dtype)
-    active = torch.arange(p.shape[0])
+    sq, sc = s_q.reshape(-1, n), s_c.reshape(-1, n)
+    idx = _support_screen(sc, alpha, lam) if kind == "sparsemax" and p0 is None else None
+    if idx is None:  # the iterate is p itself
+        consts = (sq, sc)
+
+        def step_map(x, c):
+            return _phi(x, c[0], c[1], alpha, beta, lam, kind)
+
+        x = step_map(torch.zeros_like(sq), consts)[0] if p0 is None else p0.reshape(-1, n).clone()
+    else:  # the iterate is [p on the screened columns C, p at the largest unscreened s_q]
+        rest = beta * sq.scatter(-1, idx, float("-inf"))
+        rest_max = rest.amax(-1)
+        consts = (sq.gather(-1, idx), sc.gather(-1, idx), torch.logsumexp(rest, -1), rest_max)
+
+        def step_map(x, c):
+            sq_c, sc_c, lse_rest, m_rest = c
+            g_c = _gate(sc_c + lam * x[:, :-1], alpha, kind)
+            logits = beta * (sq_c + lam * g_c)
+            log_z = torch.logaddexp(torch.logsumexp(logits, -1), lse_rest)
+            return torch.cat([torch.exp(logits - log_z[:, None]), torch.exp(m_rest - log_z)[:, None]], -1), g_c
+
+        x = step_map(sq.new_zeros(sq.shape[0], idx.shape[-1] + 1), consts)[0]
+    # each step updates only the instances that have not converged yet
+    g = x.new_empty(x.shape[0], x.shape[-1] - (idx is not None))  # the gate at the returned p
+    iterations = torch.zeros(x.shape[0], dtype=torch.long)
+    residual = torch.full((x.shape[0],), float("inf"), dtype=s_q.dtype)
+    active = torch.arange(x.shape[0])
     for step in range(max_iter + 1):
-        every = active.numel() == p.shape[0]  # skip the gathers while no instance has converged
-        pa, sqa, sca = (p, sq, sc) if every else (p[active], sq[active], sc[active])
-        new, g_active = _phi(pa, sqa, sca, alpha, beta, lam, kind)
-        res = (new - pa).abs().amax(-1)
+        every = active.numel() == x.shape[0]  # skip the gathers while no instance has converged
+        xa, ca = (x, consts) if every else (x[active], tuple(t[active] for t in consts))
+        new, g_active = step_map(xa, ca)
+        res = (new - xa).abs().amax(-1)
         residual[active] = res
         g[active] = g_active
         moving = res > tol
@@ -156,11 +185,41 @@ def fixed_point(
         if active.numel() == 0 or step == max_iter:
             break
         iterations[active] += 1
-        p[active] = (1 - damping) * p[active] + damping * new
+        x[active] = (1 - damping) * x[active] + damping * new
+    if idx is None:
+        p = x
+    else:  # unscreened columns share one factor: p_j = p_{j*} exp(beta (s_q,j - s_q,j*))
+        p = torch.exp(rest - rest_max[:, None]) * x[:, -1:]
+        p.scatter_(-1, idx, x[:, :-1])
+        g = torch.zeros_like(sq).scatter_(-1, idx, g)
     p, g = p.reshape(s_q.shape), g.reshape(s_q.shape)
     residual, iterations = residual.reshape(batch), iterations.reshape(batch)
     return FixedPoint(p=p, g=g, residual=residual, iterations=iterations, converged=residual <= tol,
-                      bound=contraction_bound(alpha, beta, lam, kind))
+                      bound=contraction_bound(alpha, beta, lam, kind), columns=n if idx is None else idx.shape[-1])
+
+
+def support_screen(s_c, alpha: float, lam: float) -> torch.Tensor | None:
+    r"""Support screening for the sparsemax gate (book chapter ``03_separation``): the columns of a ``(B, N)`` batch
+    of context scores that can carry gate mass.
+
+    For every p on the simplex, :math:`u = s_c + \lambda p` and :math:`G_\alpha(u) = \mathrm{sparsemax}(u/\alpha)` is
+    zero wherever :math:`u_i \le \max u - \alpha` (the threshold is at least :math:`\max(u/\alpha) - 1` because the
+    largest gate entry is at most 1). As :math:`u_i \le s_{c,i} + \lambda` and :math:`\max u \ge \max s_c`, only columns
+    with :math:`s_{c,i} > \max s_c - \alpha - \lambda` can ever enter the support; there :math:`\Phi` depends on p only
+    through those columns, and all other columns of :math:`\Phi(p)` are :math:`e^{\beta s_{q,j}}/Z`, one common factor.
+    Returns the indices of the K largest :math:`s_c` per row (K = the most candidates in any row, with a small
+    margin for round-off; extra columns change nothing), or None when no column can be dropped."""
+    return _support_screen(as_tensor(s_c, "s_c", ndim=2), positive(alpha, "alpha"), nonnegative(lam, "lam"))
+
+
+def _support_screen(s_c: torch.Tensor, alpha: float, lam: float) -> torch.Tensor | None:
+    """:func:`support_screen` without input validation (called by the solver on validated scores)."""
+    top = s_c.amax(-1, keepdim=True)
+    margin = (alpha + lam) * (1 + 1e-6) + 1e-9 * top.abs()
+    k = int((s_c > top - margin).sum(-1).max())
+    if k >= s_c.shape[-1]:
+        return None
+    return s_c.topk(k, dim=-1).indices
 
 
 def phi_jacobian(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:

@@ -80,7 +80,8 @@ def sweep_scores(cfg: SweepConfig, X, K, target, z_q, z_c, sigma: float):
 
 @dataclass
 class SweepResult:
-    """Per (sigma, lambda, trial) outcomes of the sweep; tensors of shape ``(S, L, T)``."""
+    """Per (sigma, lambda, trial) outcomes of the sweep; tensors of shape ``(S, L, T)``, except ``columns`` ``(S, L)``:
+    the memories the solver iterated on (:func:`cgar_src.dynamics.support_screen`)."""
 
     config: SweepConfig
     correct: torch.Tensor
@@ -92,6 +93,7 @@ class SweepResult:
     support: torch.Tensor
     gate_correct: torch.Tensor
     iterations: torch.Tensor
+    columns: torch.Tensor
     max_residual: float
     bounds: list[float] = field(default_factory=list)
 
@@ -110,6 +112,7 @@ def separation_sweep(cfg: SweepConfig = SweepConfig(), *, progress: bool = False
     support = torch.empty(S, L, T, dtype=torch.long)
     gate_correct = torch.empty(S, L, T, dtype=torch.bool)
     iterations = torch.empty(S, L, T, dtype=torch.long)
+    columns = torch.empty(S, L, dtype=torch.long)  # memories the solver iterated on (support screening)
     max_residual = 0.0
     pairs = [(i, j) for i in range(S) for j in range(L)]
     scores = None
@@ -126,8 +129,9 @@ def separation_sweep(cfg: SweepConfig = SweepConfig(), *, progress: bool = False
         support[i, j] = (fp.g > 0).sum(-1)
         gate_correct[i, j] = fp.g.argmax(-1) == target
         iterations[i, j] = fp.iterations
+        columns[i, j] = fp.columns
         max_residual = max(max_residual, fp.residual.max().item())
-    return SweepResult(config=cfg, correct=correct, support=support, gate_correct=gate_correct, iterations=iterations, max_residual=max_residual,
+    return SweepResult(config=cfg, correct=correct, support=support, gate_correct=gate_correct, iterations=iterations, columns=columns, max_residual=max_residual,
                        bounds=[contraction_bound(cfg.alpha, cfg.beta, lam, cfg.kind) for lam in cfg.lambdas], **out)
 
 

@@ -97,6 +97,37 @@ def test_fixed_point_below_bound_is_unique_and_accurate():
     assert dynamics.spectral_radius(J) <= dynamics.contraction_bound(alpha, beta, lam)
 
 
+@pytest.mark.parametrize("alpha, lam, damping", [(1.0, 0.5, 1.0), (2.0, 3.0, 0.5), (0.3, 1.0, 1.0)])
+def test_screened_solve_equals_full_solve(alpha, lam, damping):
+    """The sparsemax solver iterates on the screened columns only; from the same start on all N columns
+    (p0 given) it must reach the same p, gate, residuals and iteration counts."""
+    s_q, s_c = rand(50, 30, seed=11), 3 * rand(50, 30, seed=12)
+    idx = dynamics.support_screen(s_c, alpha, lam)
+    assert idx is not None and idx.shape[-1] < 30  # the test exercises the screened path
+    kw = dict(tol=1e-12, damping=damping, max_iter=5000)
+    screened = dynamics.fixed_point(s_q, s_c, alpha, 2.0, lam, **kw)
+    full = dynamics.fixed_point(s_q, s_c, alpha, 2.0, lam, p0=dynamics.first_order(s_q, s_c, alpha, 2.0, lam), **kw)
+    torch.testing.assert_close(screened.p, full.p, atol=1e-13, rtol=0)
+    torch.testing.assert_close(screened.g, full.g, atol=1e-13, rtol=0)
+    assert screened.iterations.equal(full.iterations)
+    assert screened.columns == idx.shape[-1] and full.columns == 30
+    torch.testing.assert_close(screened.residual, full.residual, atol=1e-13, rtol=0)
+    # the screened columns hold the gate's support at every point of the simplex, not just at the fixed point
+    p = torch.distributions.Dirichlet(torch.ones(30, dtype=D)).sample((50,))
+    outside = torch.ones_like(s_c, dtype=torch.bool).scatter(-1, idx, False)
+    assert (gate.gate(s_c + lam * p, alpha)[outside] == 0).all()
+
+
+def test_screening_bound_is_tight():
+    """A column just inside max s_c - alpha - lam can carry gate mass (p all on it), so it must be kept; one just
+    outside can never carry mass, and is dropped."""
+    alpha, lam = 1.0, 0.5
+    s_c = torch.tensor([[0.0, -(alpha + lam) + 1e-3, -(alpha + lam) - 1e-3, -5.0]], dtype=D)
+    assert sorted(dynamics.support_screen(s_c, alpha, lam)[0].tolist()) == [0, 1]
+    assert gate.gate(s_c + lam * torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=D), alpha)[0, 1] > 0
+    assert gate.gate(s_c + lam * torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=D), alpha)[0, 2] == 0
+
+
 def test_first_order_error_bound_and_separation_inequality():
     s_q, s_c = rand(200, 25, seed=8), rand(200, 25, seed=9)
     for lam in (0.1, 0.5):
