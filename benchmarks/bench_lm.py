@@ -21,9 +21,9 @@ import time
 import torch
 
 from cgar_src import lens
-from cgar_src.cache import cached_states
+from cgar_src.cache import CHUNK_SIZE, cached_states
 from cgar_src.data import TASKS, icl_prompt, label_token_ids, load_examples, sample_demos
-from cgar_src.lm import Unembed, length_batches, load_model
+from cgar_src.lm import Unembed, load_model, token_batches
 
 
 def main() -> None:
@@ -45,19 +45,15 @@ def main() -> None:
     distinct = list(dict.fromkeys(prompts))
     labels = label_token_ids(lm.tokenizer, task.label_words)
 
-    # pure forward passes of the whole model, same batches (the cache's chunks of 64, each in order of token length,
-    # right padding, no mask, as lm.hidden_states does), nothing kept
-    tok, model = lm.tokenizer, lm.model
-    tok.padding_side = "right"
-    batches = []
-    for c in range(0, len(distinct), 64):
-        chunk = distinct[c:c + 64]
-        batches += [[chunk[i] for i in b] for b in length_batches([len(tok(p)["input_ids"]) for p in chunk], args.batch_size)]
+    # pure forward passes of the whole model, same batches as the cache's calls of lm.hidden_states (its chunks,
+    # each grouped by lm.token_batches), nothing kept
+    model = lm.model
+    batches = [ids for c in range(0, len(distinct), CHUNK_SIZE)
+               for _, ids, _ in token_batches(lm.tokenizer, distinct[c:c + CHUNK_SIZE], args.batch_size)]
     t0 = time.perf_counter()
     with torch.no_grad():
-        for batch in batches:
-            enc = tok(batch, return_tensors="pt", padding=True)
-            model(input_ids=enc["input_ids"], use_cache=False)
+        for input_ids in batches:
+            model(input_ids=input_ids, use_cache=False)
     t_forward = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as cache:

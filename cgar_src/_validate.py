@@ -51,10 +51,24 @@ def nonnegative(value, name: str) -> float:
     return v
 
 
-def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+def int_in_range(value, name: str, lo: int, hi: int | None = None, note: str = "") -> int:
+    """An integer (not a bool) in ``[lo, hi]`` (``hi=None``: no upper end); ``note`` explains the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be an integer {allowed}{note}, got {value!r}")
     return value
+
+
+def positive_int(value, name: str) -> int:
+    return int_in_range(value, name, 1)
+
+
+def layer_indices(layers, name: str, n: int) -> list[int]:
+    """A non-empty list of layer (residual-entry) indices in ``[0, n - 1]``."""
+    bad = [l for l in layers if isinstance(l, bool) or not (isinstance(l, int) and 0 <= l < n)]
+    if bad or not layers:
+        raise ValueError(f"{name} must be non-empty layer indices in [0, {n - 1}], got {layers}")
+    return list(layers)
 
 
 def _scalar(value, name: str) -> float:

@@ -17,7 +17,9 @@ import torch
 from .lm import MAX_BATCH_TOKENS, LoadedModel, Patch, hidden_states, user_cache_dir
 from .records import atomic_path, write_json_atomic
 
-__all__ = ["CachedStates", "cached_states"]
+__all__ = ["CachedStates", "cached_states", "CHUNK_SIZE"]
+
+CHUNK_SIZE = 64  # prompts per cache file; each chunk is one call of hidden_states
 
 
 @dataclass
@@ -32,7 +34,7 @@ def _sha(text: str) -> str:
 
 
 def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root: str | os.PathLike | None = None,
-                  chunk_size: int = 64, batch_size: int = 8, progress: bool = True,
+                  chunk_size: int = CHUNK_SIZE, batch_size: int = 8, progress: bool = True,
                   patch: Patch | None = None) -> CachedStates:
     """States of ``prompts`` from the cache, computing (one forward pass per distinct prompt) what is missing.
     With a ``patch`` (one vector for all prompts), its layer, mode and the vector's bytes are part of the key."""

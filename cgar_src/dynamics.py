@@ -148,6 +148,7 @@ def fixed_point(
     batch, n = s_q.shape[:-1], s_q.shape[-1]
     sq, sc = s_q.reshape(-1, n), s_c.reshape(-1, n)
     idx = _support_screen(sc, alpha, lam) if kind == "sparsemax" and p0 is None else None
+    columns = n if idx is None else idx.shape[-1]
     if idx is None:  # the iterate is p itself
         consts = (sq, sc)
 
@@ -167,9 +168,9 @@ def fixed_point(
             log_z = torch.logaddexp(torch.logsumexp(logits, -1), lse_rest)
             return torch.cat([torch.exp(logits - log_z[:, None]), torch.exp(m_rest - log_z)[:, None]], -1), g_c
 
-        x = step_map(sq.new_zeros(sq.shape[0], idx.shape[-1] + 1), consts)[0]
+        x = step_map(sq.new_zeros(sq.shape[0], columns + 1), consts)[0]
     # each step updates only the instances that have not converged yet
-    g = x.new_empty(x.shape[0], x.shape[-1] - (idx is not None))  # the gate at the returned p
+    g = x.new_empty(x.shape[0], columns)  # the gate at the returned p (on the iterated columns)
     iterations = torch.zeros(x.shape[0], dtype=torch.long)
     residual = torch.full((x.shape[0],), float("inf"), dtype=s_q.dtype)
     active = torch.arange(x.shape[0])
@@ -195,7 +196,7 @@ def fixed_point(
     p, g = p.reshape(s_q.shape), g.reshape(s_q.shape)
     residual, iterations = residual.reshape(batch), iterations.reshape(batch)
     return FixedPoint(p=p, g=g, residual=residual, iterations=iterations, converged=residual <= tol,
-                      bound=contraction_bound(alpha, beta, lam, kind), columns=n if idx is None else idx.shape[-1])
+                      bound=contraction_bound(alpha, beta, lam, kind), columns=columns)
 
 
 def support_screen(s_c, alpha: float, lam: float) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .cache import cached_states
-from ._validate import positive_int
+from ._validate import int_in_range, positive_int
 from .data import (TASKS, first_token_ids, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts,
                    sample_demos)
 from .lm import LoadedModel
@@ -44,8 +44,7 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     if dataset not in TASKS:
         raise ValueError(f"dataset must be one of {sorted(TASKS)}, got {dataset!r}")
     positive_int(n_queries, "n_queries")
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
-        raise ValueError(f"shots must be an integer >= 0 (demonstrations per class), got {shots!r}")
+    int_in_range(shots, "shots", 0, note=" (demonstrations per class)")
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
     task = TASKS[dataset]
@@ -97,8 +96,7 @@ class FactStates:
 def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: int, seed: int = 0, root=None,
                 cache_root=None, batch_size: int = 8, progress: bool = True) -> FactStates:
     """States for ``n_facts`` seeded facts of each relation (book chapter ``09_factual_steering``)."""
-    if isinstance(n_facts, bool) or not isinstance(n_facts, int) or n_facts < 2:
-        raise ValueError(f"n_facts must be an integer >= 2 (facts per relation), got {n_facts!r}")
+    int_in_range(n_facts, "n_facts", 2, note=" (facts per relation)")
     positive_int(shots, "shots")
     if not relations or len(set(relations)) != len(relations):
         raise ValueError(f"relations must be a non-empty list of distinct LAMA relation ids, got {relations!r}")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import _scalar
+from ._validate import _scalar, layer_indices
 from .lm import Unembed
 
 __all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "logit_bias",
@@ -137,10 +137,8 @@ def additive_retrieval(unembed: Unembed, h_zero: torch.Tensor, c_bar: torch.Tens
     ``(L+1, d)`` (one vector for all prompts) or ``(P, L+1, d)`` (one per prompt, e.g. leave-one-out means). Result
     fields have shape ``(P, len(query_layers), len(context_layers), len(lambdas))``."""
     n_layers = h_zero.shape[1]
-    for name, layers in (("context_layers", context_layers), ("query_layers", query_layers)):
-        bad = [l for l in layers if not (isinstance(l, int) and 0 <= l < n_layers)]
-        if bad or not layers:
-            raise ValueError(f"{name} must be non-empty layer indices in [0, {n_layers - 1}], got {layers}")
+    layer_indices(context_layers, "context_layers", n_layers)
+    layer_indices(query_layers, "query_layers", n_layers)
     if c_bar.shape not in (h_zero.shape[1:], h_zero.shape):
         raise ValueError(f"c_bar must have shape {tuple(h_zero.shape[1:])} or {tuple(h_zero.shape)}, got {tuple(c_bar.shape)}")
     lam = torch.tensor([_scalar(x, "lambdas") for x in lambdas], dtype=h_zero.dtype)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ._validate import positive_int
 
 __all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "Unembed", "Patch", "PATCH_MODES", "hidden_states",
-           "length_batches", "MAX_BATCH_TOKENS",
+           "length_batches", "token_batches", "MAX_BATCH_TOKENS",
            "user_cache_dir"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -245,13 +245,28 @@ def length_batches(lengths: list[int], batch_size: int, max_tokens: int = MAX_BA
     return batches
 
 
+def token_batches(tokenizer, prompts: list[str], batch_size: int) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """The prompts tokenized once and grouped by :func:`length_batches`: per batch the prompt indices, the input ids
+    ``(b, T)`` padded on the right, and each prompt's last real position ``(b,)``. Under causal attention a prompt's
+    real tokens never see the padding after them, so no attention mask is needed and the pad id is immaterial."""
+    ids = tokenizer(prompts)["input_ids"]
+    pad = tokenizer.pad_token_id or 0
+    out = []
+    for idx in length_batches([len(x) for x in ids], batch_size):
+        input_ids = torch.full((len(idx), max(len(ids[i]) for i in idx)), pad, dtype=torch.long)
+        for row, i in enumerate(idx):
+            input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+        out.append((idx, input_ids, torch.tensor([len(ids[i]) - 1 for i in idx])))
+    return out
+
+
 @torch.no_grad()
 def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True,
                   patch: Patch | None = None) -> torch.Tensor:
     """Last-token residual states of every layer for each prompt: float32 tensor ``(P, L+1, d)``.
 
     One forward pass of the transformer body per prompt (the output head is not needed). Prompts are batched by
-    :func:`length_batches` (in order of token length, at most ``batch_size`` prompts and :data:`MAX_BATCH_TOKENS`
+    :func:`token_batches` (in order of token length, at most ``batch_size`` prompts and :data:`MAX_BATCH_TOKENS`
     padded tokens a batch) and returned in the order given. Padding goes on the right and no
     attention mask is passed: under causal attention a prompt's real tokens never see the padding after them, so
     batched equals unbatched exactly, and attention runs on the fused causal kernel. Entry L is the input of the
@@ -264,17 +279,17 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     vectors = _check_patch(lm, patch, len(prompts)) if patch is not None else None
     norm = _final_norm(model)
     captured: list[torch.Tensor] = []
-    current: dict[str, torch.Tensor] = {}          # the batch's last-token positions (and patch vectors)
+    current: dict[str, torch.Tensor] = {}          # the batch's rows and last-token positions (and patch vectors)
 
     def last_token(h: torch.Tensor) -> torch.Tensor:
-        return h[torch.arange(h.shape[0], device=h.device), current["last"].to(h.device)]
+        return h[current["rows"].to(h.device), current["last"].to(h.device)]
 
     hooks = []
     if patch is not None:
         def intervene(_m, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
             h = h.clone()
-            rows, last = torch.arange(h.shape[0], device=h.device), current["last"].to(h.device)
+            rows, last = current["rows"].to(h.device), current["last"].to(h.device)
             v = current["v"].to(device=h.device, dtype=h.dtype)
             h[rows, last] = v if patch.mode == "replace" else h[rows, last] + v
             current["patched"] = h[rows, last].float().cpu()
@@ -284,19 +299,17 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
         hooks.append(target.register_forward_pre_hook(intervene, with_kwargs=True))
     # registered after the intervention: pre-hooks run in order, so entry L shows a patch of the final norm's input
     hooks.append(norm.register_forward_pre_hook(lambda _m, args: captured.append(last_token(args[0]).float().cpu())))
-    tok.padding_side = "right"
-    batches = length_batches([len(ids) for ids in tok(prompts)["input_ids"]], batch_size)
     out = torch.empty(len(prompts), lm.n_layers + 1, model.config.hidden_size)
     try:
-        for idx in tqdm(batches, desc="forward passes", disable=not progress, unit="batch"):
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True)
-            current["last"] = enc["attention_mask"].sum(-1) - 1
+        for idx, input_ids, last in tqdm(token_batches(tok, prompts, batch_size), desc="forward passes",
+                                         disable=not progress, unit="batch"):
+            current["rows"], current["last"] = torch.arange(len(idx)), last
             captured.clear()
             if vectors is not None:
                 current["v"] = vectors[idx]
             # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
             # output head (vocab x d over every position) is skipped
-            res = model.base_model(input_ids=enc["input_ids"].to(lm.device), output_hidden_states=True,
+            res = model.base_model(input_ids=input_ids.to(lm.device), output_hidden_states=True,
                                    use_cache=False)
             states = torch.stack([last_token(h).float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
             if vectors is not None:  # HF records a block's input before its pre-hooks run: show the patched entry

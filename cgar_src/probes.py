@@ -15,6 +15,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from ._validate import int_in_range, positive
+
 __all__ = ["probe_correct"]
 
 
@@ -25,10 +27,8 @@ def probe_correct(states: torch.Tensor, labels: torch.Tensor, *, n_folds: int = 
     stratified, so rare classes need not appear in every fold)."""
     if states.ndim != 3 or states.shape[0] != labels.shape[0]:
         raise ValueError(f"states must be (P, L+1, d) with P = len(labels) = {labels.shape[0]}, got {tuple(states.shape)}")
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= labels.shape[0]:
-        raise ValueError(f"n_folds must be an integer in [2, {labels.shape[0]}] (the number of queries), got {n_folds!r}")
-    if not (isinstance(C, (int, float)) and C > 0):
-        raise ValueError(f"C must be a positive number, got {C!r}")
+    int_in_range(n_folds, "n_folds", 2, labels.shape[0], " (the number of queries)")
+    positive(C, "C")
     y = labels.numpy()
     cv = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
     out = torch.zeros(states.shape[:2])

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from ._validate import nonnegative, positive, positive_int
+from ._validate import int_in_range, nonnegative, positive, positive_int
 from .dynamics import contraction_bound, effective_separation, error_log_odds, fixed_point
 
 __all__ = ["SweepConfig", "make_bank", "sweep_scores", "separation_sweep", "separation_trial_loop"]
@@ -38,8 +38,7 @@ class SweepConfig:
     def __post_init__(self):
         for name in ("n_memories", "dim", "n_trials"):
             positive_int(getattr(self, name), name)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        int_in_range(self.seed, "seed", 0)
         if self.n_memories < 2:
             raise ValueError(f"n_memories must be >= 2, got {self.n_memories}")
         for s in self.sigmas:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from . import lens
+from ._validate import int_in_range, layer_indices
 from .cache import cached_states
 from .lm import LoadedModel, Patch, Unembed
 
@@ -35,8 +36,7 @@ class HeldOut:
 def folds_of(n: int, n_folds: int = 2, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A seeded random partition of ``range(n)`` into ``n_folds`` folds: ``(fit, evaluate)`` index pairs, where each
     fold is evaluated once with everything fitted on the other folds."""
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= n:
-        raise ValueError(f"n_folds must be an integer in [2, n={n}], got {n_folds!r}")
+    int_in_range(n_folds, "n_folds", 2, n, " (the number of queries)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts = [perm[i::n_folds].sort().values for i in range(n_folds)]
     return [(torch.cat([q for j, q in enumerate(parts) if j != i]).sort().values, parts[i]) for i in range(n_folds)]
@@ -83,9 +83,7 @@ def heldout_task_vector(lm: LoadedModel, unembed: Unembed, zero_prompts: list[st
     if len(zero_prompts) != h_icl.shape[0] or labels.shape[0] != h_icl.shape[0]:
         raise ValueError(f"zero_prompts ({len(zero_prompts)}), h_icl {tuple(h_icl.shape)} and labels "
                          f"{tuple(labels.shape)} must have one entry per query")
-    bad = [l for l in layers if not (isinstance(l, int) and 0 <= l < lm.n_layers)]
-    if bad or not layers:
-        raise ValueError(f"layers must be non-empty block inputs in [0, {lm.n_layers - 1}], got {layers}")
+    layer_indices(layers, "layers", lm.n_layers)  # block inputs: entry L (the final norm's input) is not a block
     P, L = h_icl.shape[0], lm.n_layers
     correct, mass = torch.zeros(P, dtype=torch.float64), torch.zeros(P)
     choices = []
