@@ -23,18 +23,22 @@ import torch
 from cgar_src import lens
 from cgar_src.cache import CHUNK_SIZE, cached_states
 from cgar_src.data import TASKS, icl_prompt, label_token_ids, load_examples, sample_demos
-from cgar_src.lm import Unembed, load_model, token_batches
+from cgar_src.lm import MAX_BATCH_TOKENS, Unembed, load_model, token_batches
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-queries", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS,
+                    help=f"padded tokens per forward batch (default {MAX_BATCH_TOKENS}, the CPU profile's)")
     args = ap.parse_args()
     if args.n_queries < 1:
         ap.error("--n-queries must be >= 1")
+    if args.max_batch_tokens < 1:
+        ap.error("--max-batch-tokens must be >= 1")
     torch.manual_seed(0)
-    lm = load_model()
+    lm = load_model(max_batch_tokens=args.max_batch_tokens)
     task = TASKS["sst2"]
     rng = random.Random(0)
     queries = rng.sample(load_examples("sst2", "test"), args.n_queries)
@@ -49,7 +53,8 @@ def main() -> None:
     # each grouped by lm.token_batches), nothing kept
     model = lm.model
     batches = [ids for c in range(0, len(distinct), CHUNK_SIZE)
-               for _, ids, _ in token_batches(lm.tokenizer, distinct[c:c + CHUNK_SIZE], args.batch_size)]
+               for _, ids, _ in token_batches(lm.tokenizer, distinct[c:c + CHUNK_SIZE], args.batch_size,
+                                                lm.max_batch_tokens)]
     t0 = time.perf_counter()
     with torch.no_grad():
         for input_ids in batches:

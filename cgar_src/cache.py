@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .lm import MAX_BATCH_TOKENS, LoadedModel, Patch, hidden_states, user_cache_dir
+from .lm import LoadedModel, Patch, hidden_states, user_cache_dir
+from ._validate import positive_int
 from .records import atomic_path, write_json_atomic
 
 __all__ = ["CachedStates", "cached_states", "CHUNK_SIZE"]
@@ -35,18 +36,24 @@ def _sha(text: str) -> str:
 
 def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root: str | os.PathLike | None = None,
                   chunk_size: int = CHUNK_SIZE, batch_size: int = 8, progress: bool = True,
-                  patch: Patch | None = None) -> CachedStates:
+                  patch: Patch | None = None, max_batch_tokens: int | None = None) -> CachedStates:
     """States of ``prompts`` from the cache, computing (one forward pass per distinct prompt) what is missing.
-    With a ``patch`` (one vector for all prompts), its layer, mode and the vector's bytes are part of the key."""
+    With a ``patch`` (one vector for all prompts), its layer, mode and the vector's bytes are part of the key.
+    ``max_batch_tokens`` (default ``lm.max_batch_tokens``) is the padded-token budget of a forward batch; it is part
+    of the key, but how a batch was split after an out-of-memory error (see :func:`~cgar_src.lm.hidden_states`)
+    is not."""
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
     if not isinstance(meta, dict):
         raise ValueError(f"meta must be a dict describing the prompts (dataset, split, template, shots, seed), got {meta!r}")
+    budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
+    positive_int(budget, "max_batch_tokens")
     unique = list(dict.fromkeys(prompts))
     # "batching" names how hidden_states groups prompts: batch composition moves float results at the 1e-5 level,
-    # so states computed with another grouping are a different entry
-    ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype, "batching": f"length-sorted, right-padded, <= {MAX_BATCH_TOKENS} tokens",
-             "batch_size": batch_size, **meta}
+    # so states computed with another grouping are a different entry. With the defaults (float32, batch_size 8,
+    # 2048 tokens) this JSON is exactly what it has been since the cache was created: tests/test_lm.py guards it
+    ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype,
+             "batching": f"length-sorted, right-padded, <= {budget} tokens", "batch_size": batch_size, **meta}
     if patch is not None:
         vec = torch.as_tensor(patch.vectors, dtype=torch.float32)
         if vec.ndim != 1:
@@ -78,7 +85,8 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
             except Exception:  # damaged file: recompute below
                 states = None
         if states is None:
-            states = hidden_states(lm, part, batch_size=batch_size, progress=progress, patch=patch)
+            states = hidden_states(lm, part, batch_size=batch_size, progress=progress, patch=patch,
+                                   max_batch_tokens=budget)
             n_forward += len(part)
             with atomic_path(file) as tmp:
                 torch.save({"prompt_sha": hashes, "states": states}, tmp)

@@ -36,6 +36,7 @@ __all__ = [
     "retrieval_probability_bound",
     "error_log_odds",
     "alpha_crit_coupled",
+    "measured_alpha_crit_batch",
 ]
 
 
@@ -339,3 +340,51 @@ def measured_alpha_crit(s_q, s_c, beta: float, lam: float, *, lo: float, hi: flo
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if one_hot(mid) else (lo, mid)
     return 0.5 * (lo + hi)
+
+
+def measured_alpha_crit_batch(s_q, s_c, beta: float, lam, *, lo, hi, n_bisect: int = 40, tol: float = 1e-13,
+                              max_iter: int = 5000, one_tol: float = 1e-12) -> torch.Tensor:
+    r"""Batched :func:`measured_alpha_crit` (book chapter ``04_phase_transition``): for every row of ``s_q``, ``s_c``
+    (shape ``(B, N)``), with its own coupling ``lam`` (scalar or shape ``(B,)``), bisect on alpha for the largest
+    alpha at which the sparsemax gate at the fixed point is one-hot (peak within ``one_tol`` of 1).
+
+    Each probe solves :math:`p = \Phi_{\alpha,\lambda}(p)` by undamped iteration from the first-order start
+    :math:`\Phi(0)` (as :func:`fixed_point` does), with a per-row alpha. ``lo``, ``hi`` (scalars or shape ``(B,)``)
+    must bracket the transition: one-hot at ``lo``, not at ``hi``; rows where they do not raise ValueError.
+    Returns the midpoints of the final brackets, shape ``(B,)``."""
+    beta = positive(beta, "beta")
+    n_bisect, max_iter = positive_int(n_bisect, "n_bisect"), positive_int(max_iter, "max_iter")
+    s_q, s_c = _scores(as_tensor(s_q, "s_q", ndim=2), s_c)
+    B = s_q.shape[0]
+
+    def per_row(x, name):
+        t = torch.as_tensor(x, dtype=s_q.dtype).expand(B).clone()
+        if not torch.isfinite(t).all() or (t < 0).any() or (name != "lam" and (t <= 0).any()):
+            raise ValueError(f"{name} must be finite and {'>= 0' if name == 'lam' else '> 0'} (scalar or one per row)")
+        return t
+
+    lam_t, lo_t, hi_t = per_row(lam, "lam"), per_row(lo, "lo"), per_row(hi, "hi")
+    if (lo_t >= hi_t).any():
+        raise ValueError("lo must be < hi in every row")
+
+    def one_hot(alpha: torch.Tensor) -> torch.Tensor:
+        a, l = alpha[:, None], lam_t[:, None]
+        p = torch.softmax(beta * (s_q + l * _gate(s_c, a, "sparsemax")), -1)
+        active = torch.arange(B)  # rows still moving: each step updates only those
+        for _ in range(max_iter):
+            sc, aa, la = s_c[active], a[active], l[active]
+            new = torch.softmax(beta * (s_q[active] + la * _gate(sc + la * p[active], aa, "sparsemax")), -1)
+            moving = (new - p[active]).abs().amax(-1) > tol
+            p[active] = new
+            active = active[moving]
+            if active.numel() == 0:
+                break
+        return _gate(s_c + l * p, a, "sparsemax").amax(-1) >= 1 - one_tol
+
+    if not bool(one_hot(lo_t).all()) or bool(one_hot(hi_t).any()):
+        raise ValueError("the gate must be one-hot at lo and not at hi in every row; widen the brackets")
+    for _ in range(n_bisect):
+        mid = 0.5 * (lo_t + hi_t)
+        ok = one_hot(mid)
+        lo_t, hi_t = torch.where(ok, mid, lo_t), torch.where(ok, hi_t, mid)
+    return 0.5 * (lo_t + hi_t)

@@ -15,11 +15,12 @@ from .cache import cached_states
 from ._validate import int_in_range, positive_int
 from .data import (TASKS, first_token_ids, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts,
                    sample_demos)
-from .lm import LoadedModel
+from .lm import LoadedModel, check_context_window
 
-__all__ = ["TaskStates", "task_states", "LABEL_MODES", "FactStates", "fact_states"]
+__all__ = ["TaskStates", "task_states", "LABEL_MODES", "CONTENT_FREE_INPUT", "FactStates", "fact_states"]
 
 LABEL_MODES = ("true", "random")
+CONTENT_FREE_INPUT = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
 
 
 @dataclass
@@ -34,13 +35,18 @@ class TaskStates:
     n_forward: int
     zero_prompts: list[str]
     icl_prompts: list[str] | None
+    h_cf: torch.Tensor | None = None
+    cf_prompts: list[str] | None = None
 
 
 def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, seed: int = 0,
                 label_mode: str = "true", root=None, cache_root=None, batch_size: int = 8,
-                progress: bool = True) -> TaskStates:
+                progress: bool = True, content_free: bool = False) -> TaskStates:
     """States for ``n_queries`` queries of ``dataset``; ``shots`` demonstrations per class (0: zero-shot only).
-    ``label_mode="random"`` gives the demonstrations random labels (a control)."""
+    ``label_mode="random"`` gives the demonstrations random labels (a control). ``content_free=True`` also returns
+    ``h_cf``: per query, the states of the *content-free* prompt made of that query's own demonstrations followed by
+    the template with the input :data:`CONTENT_FREE_INPUT` (one shared prompt when ``shots=0``), the prompt that
+    contextual calibration (Zhao et al. 2021) and the gate chapter read the context from."""
     if dataset not in TASKS:
         raise ValueError(f"dataset must be one of {sorted(TASKS)}, got {dataset!r}")
     positive_int(n_queries, "n_queries")
@@ -55,34 +61,48 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     rng = random.Random(seed)
     queries = rng.sample(queries_all, n_queries)
     zero = [icl_prompt(task, q.text, []) for q in queries]
-    icl = None
+    if not isinstance(content_free, bool):
+        raise ValueError(f"content_free must be True or False, got {content_free!r}")
+    icl, cf = None, [icl_prompt(task, CONTENT_FREE_INPUT, [])] * n_queries
     if shots:
         pool = load_examples(dataset, task.demo_split, root=root)
         n_classes = len(task.label_words)
-        icl = []
+        icl, cf = [], []
         for q in queries:  # every prompt's demonstrations are drawn (and validated) before any forward pass
             demos = sample_demos(pool, shots, n_classes, rng, exclude=q.text)
             if label_mode == "random":
                 demos = [type(d)(d.text, rng.randrange(n_classes)) for d in demos]
             icl.append(icl_prompt(task, q.text, demos))
+            cf.append(icl_prompt(task, CONTENT_FREE_INPUT, demos))
     params = {"dataset": dataset, "split": task.query_split, "demo_split": task.demo_split, "template": task.template,
               "label_words": list(task.label_words), "n_queries": n_queries, "shots": shots, "seed": seed,
               "label_mode": label_mode, "model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype}
-    zero_states = cached_states(lm, zero, {k: v for k, v in params.items() if k != "shots"} | {"kind": "zero"},
+    check_context_window(lm, zero + (icl or []) + (cf if content_free and shots else []),
+                         f"{dataset}, {shots}-shot, {label_mode} labels")
+    # zero-shot prompts do not depend on the shots or on how demonstrations are labelled: one entry for all of them
+    zero_meta = {k: v for k, v in params.items() if k not in ("shots", "label_mode")} | {"kind": "zero"}
+    zero_states = cached_states(lm, zero, zero_meta,
                                 cache_root=cache_root, batch_size=batch_size, progress=progress)
     icl_states = (cached_states(lm, icl, params | {"kind": "icl"}, cache_root=cache_root, batch_size=batch_size,
                                 progress=progress) if icl else None)
+    cf_states = None
+    if content_free:
+        cf_meta = (params if shots else {k: v for k, v in params.items() if k not in ("shots", "label_mode")}) | {
+            "kind": "content-free", "content_free_input": CONTENT_FREE_INPUT}
+        cf_states = cached_states(lm, cf, cf_meta, cache_root=cache_root, batch_size=batch_size, progress=progress)
+    n_forward = sum(s.n_forward for s in (zero_states, icl_states, cf_states) if s is not None)
     return TaskStates(h_zero=zero_states.states, h_icl=icl_states.states if icl_states else None,
                       labels=torch.tensor([q.label for q in queries]), label_ids=label_ids, params=params,
-                      n_forward=zero_states.n_forward + (icl_states.n_forward if icl_states else 0),
-                      zero_prompts=zero, icl_prompts=icl)
+                      n_forward=n_forward, zero_prompts=zero, icl_prompts=icl,
+                      h_cf=cf_states.states if cf_states else None, cf_prompts=cf if content_free else None)
 
 
 @dataclass
 class FactStates:
     """States ``(P, L+1, d)`` of LAMA cloze prompts: zero-shot, after ``shots`` true facts of the same relation
-    (positive) and after the same subjects with wrong objects (negative); per fact its relation and the first token
-    of its object."""
+    (positive) and after the same subjects with wrong objects (negative); per fact its relation, object and the
+    first token of its object, and the majority baseline's answer (the most frequent first token of the relation's
+    other facts in the data, the demonstration pool)."""
 
     h_zero: torch.Tensor
     h_pos: torch.Tensor
@@ -91,35 +111,74 @@ class FactStates:
     object_ids: torch.Tensor
     params: dict
     n_forward: int
+    objects: list[str] | None = None
+    majority_ids: torch.Tensor | None = None     # (P,) the pool majority's first token, never counting the fact itself
+    prompts: dict[str, list[str]] | None = None  # "zero", "positive", "negative": the prompts of the P facts
+    context_mask: torch.Tensor | None = None     # (P, P) bool: fact j's prompts may enter fact i's context vector
 
 
 def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: int, seed: int = 0, root=None,
                 cache_root=None, batch_size: int = 8, progress: bool = True) -> FactStates:
-    """States for ``n_facts`` seeded facts of each relation (book chapter ``09_factual_steering``)."""
+    r"""States for ``n_facts`` seeded facts of each relation (book chapter ``09_factual_steering``).
+
+    Demonstrations never contain the query's answer (:func:`cgar_src.data.lama_prompts` with the object's first
+    token as the answer key, or the object itself where that token is only whitespace). ``majority_ids[i]`` is
+    :math:`\arg\max_t \#\{f' \ne f_i : \mathrm{tok}(f') = t\}` over the facts of fact i's relation: the constant
+    answer a reader would guess from the demonstration pool. ``context_mask[i, j]`` is True when fact j is another
+    fact of i's relation and no demonstration line of j's positive or negative prompt mentions i's object
+    (:func:`cgar_src.data.mentions`): a context vector for fact i averaged over those j,
+    :math:`\bar c_i = \sum_j M_{ij}(h_j - h_{zero,j}) / \sum_j M_{ij}`, has never seen i's answer either."""
+    from collections import Counter
+
+    from .data import mentions
+    from .lm import check_context_window
+
     int_in_range(n_facts, "n_facts", 2, note=" (facts per relation)")
     positive_int(shots, "shots")
     if not relations or len(set(relations)) != len(relations):
         raise ValueError(f"relations must be a non-empty list of distinct LAMA relation ids, got {relations!r}")
     facts = load_facts(relations, root=root)
+    distinct = sorted({f.obj for f in facts})
+    tok_of = dict(zip(distinct, first_token_ids(lm.tokenizer, distinct)))
+    # two objects are the same answer when they share a first token that carries text (a bare-space first token,
+    # as from a byte-level tokenizer without merges, says nothing about the answer: then the object string decides)
+    answer_of = {o: t if lm.tokenizer.decode([t]).strip() else o for o, t in tok_of.items()}
     rng = random.Random(seed)
     prompts = {"zero": [], "positive": [], "negative": []}
-    rel_of, objs = [], []
+    rel_of, objs, majority = [], [], []
     for r in relations:
         pool = [f for f in facts if f.relation == r]
         if n_facts > len(pool):
             raise ValueError(f"n_facts={n_facts} exceeds the {len(pool)} facts of relation {r}")
         queries = rng.sample(pool, n_facts)
-        for kind, ps in lama_prompts(pool, queries, shots, rng).items():
+        for kind, ps in lama_prompts(pool, queries, shots, rng, answer_key=answer_of.__getitem__).items():
             prompts[kind] += ps
+        counts = Counter(tok_of[f.obj] for f in pool)
+        for q in queries:
+            counts[tok_of[q.obj]] -= 1           # leave the query fact out of its own baseline
+            majority.append(max(sorted(counts), key=counts.__getitem__))
+            counts[tok_of[q.obj]] += 1
         rel_of += [r] * n_facts
         objs += [q.obj for q in queries]
-    object_ids = torch.tensor(first_token_ids(lm.tokenizer, objs))
+    object_ids = torch.tensor([tok_of[o] for o in objs])
+    demo_text = ["\n".join(prompts["positive"][j].split("\n")[:-1] + prompts["negative"][j].split("\n")[:-1])
+                 for j in range(len(objs))]
+    mask = torch.tensor([[rel_of[i] == rel_of[j] and i != j and not mentions(demo_text[j], objs[i])
+                          for j in range(len(objs))] for i in range(len(objs))])
+    empty = [i for i in range(len(objs)) if not mask[i].any()]
+    if empty:
+        i = empty[0]
+        raise ValueError(f"n_facts={n_facts} is too small: for fact {objs[i]!r} ({rel_of[i]}) every other fact's "
+                         f"demonstrations mention its object, so no answer-free context vector exists")
+    for kind, ps in prompts.items():
+        check_context_window(lm, ps, f"LAMA {kind} prompts, {shots} shots")
     params = {"dataset": "lama-trex", "relations": list(relations), "n_facts": n_facts, "shots": shots, "seed": seed,
-              "model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype}
+              "demonstrations": "answer-free", "model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype}
     states, n_forward = {}, 0
     for kind, ps in prompts.items():
         cs = cached_states(lm, ps, params | {"kind": kind}, cache_root=cache_root, batch_size=batch_size,
                            progress=progress)
         states[kind], n_forward = cs.states, n_forward + cs.n_forward
     return FactStates(h_zero=states["zero"], h_pos=states["positive"], h_neg=states["negative"], relations=rel_of,
-                      object_ids=object_ids, params=params, n_forward=n_forward)
+                      object_ids=object_ids, params=params, n_forward=n_forward, objects=objs,
+                      majority_ids=torch.tensor(majority), prompts=prompts, context_mask=mask)

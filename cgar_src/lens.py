@@ -16,7 +16,7 @@ import torch
 from ._validate import _scalar, layer_indices
 from .lm import Unembed
 
-__all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "logit_bias",
+__all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "rms_form", "logit_bias",
            "retrieved_pattern", "readout_basis", "span_fraction", "norm_matched_random", "leave_one_out_mean"]
 
 CONTEXT_VARIANTS = ("difference", "icl_mean", "random_label")
@@ -129,13 +129,81 @@ def leave_one_out_mean(x: torch.Tensor) -> torch.Tensor:
     return (x.sum(0, keepdim=True) - x) / (x.shape[0] - 1)
 
 
+def rms_form(unembed: Unembed) -> tuple[torch.Tensor, float] | None:
+    r"""``(gain, eps)`` when the final norm is an RMSNorm, :math:`\mathrm{Norm}(x) = \gamma\odot x /
+    \sqrt{\mathrm{mean}(x^2) + \epsilon}` (Llama, Qwen2, Mistral...), checked numerically on random inputs; None
+    otherwise (e.g. GPT-2's LayerNorm, or Gemma's :math:`1 + \gamma` variant), and then callers use the generic
+    path."""
+    norm = unembed.final_norm
+    gain = getattr(norm, "weight", None)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if not isinstance(gain, torch.Tensor) or gain.ndim != 1 or not isinstance(eps, (int, float)):
+        return None
+    if getattr(norm, "bias", None) is not None:
+        return None
+    x = torch.randn(3, gain.shape[0], generator=torch.Generator().manual_seed(0)).to(gain.device, gain.dtype) * 3
+    with torch.no_grad():
+        want = (gain.float() * x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps))
+        got = norm(x).float()
+    tol = 1e-5 if gain.dtype in (torch.float32, torch.float64) else 2e-2
+    return (gain, float(eps)) if torch.allclose(got, want, rtol=tol, atol=tol) else None
+
+
+def _stats_of_logits(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """argmax, N_eff, label mass and label logits of logits ``z`` ``(B, V)`` (float32)."""
+    m, arg = z.max(-1)
+    e = torch.exp(z - m[:, None])
+    s = e.sum(-1)
+    lse = m + torch.log(s)
+    entropy = lse - (e * z).sum(-1) / s
+    lab = z[:, labels]
+    return arg, torch.exp(entropy), torch.exp(lab - lse[:, None]).sum(-1), lab
+
+
+@torch.no_grad()
+def _additive_rms(unembed: Unembed, gain: torch.Tensor, eps: float, h: torch.Tensor, c: torch.Tensor,
+                  lam: torch.Tensor, label_token_ids: list[int], prompt_batch: int = 64) -> DecodeStats:
+    r"""The additive grid for an RMSNorm model by linearity (no decode per grid point): with
+    :math:`z_h = W_U(\gamma\odot h)` and :math:`z_c = W_U(\gamma\odot c)`,
+    :math:`W_U\mathrm{Norm}(h + \lambda c) = (z_h + \lambda z_c)/r` with
+    :math:`r^2 = (\|h\|^2 + 2\lambda\, h\cdot c + \lambda^2\|c\|^2)/d + \epsilon`: two matrix products per query
+    instead of one per (context layer, lambda). ``h`` ``(P, d)``, ``c`` ``(P or 1, C, d)``; fields ``(P, C, K)``."""
+    W = unembed.weight
+    g = gain.to(W.dtype)
+    d = h.shape[-1]
+    labels = torch.as_tensor(label_token_ids, device=W.device)
+    P, C, K = h.shape[0], c.shape[1], lam.numel()
+    out = {"argmax": torch.zeros(P, C, K, dtype=torch.long), "n_eff": torch.zeros(P, C, K),
+           "label_mass": torch.zeros(P, C, K), "label_logits": torch.zeros(P, C, K, len(label_token_ids))}
+    lam64 = lam.double()
+    for s0 in range(0, P, prompt_batch):
+        hb = h[s0:s0 + prompt_batch].to(W.device).double()
+        cb = (c if c.shape[0] == 1 else c[s0:s0 + prompt_batch]).to(W.device).double()
+        zh = ((hb * g.double()).to(W.dtype) @ W.T).float()                        # (b, V)
+        zc = ((cb * g.double()).to(W.dtype) @ W.T).float()                        # (b or 1, C, V)
+        hh = (hb * hb).sum(-1)                                                    # (b,)
+        hc = (hb[:, None, :] * cb).sum(-1)                                        # (b, C)
+        cc = (cb * cb).sum(-1).expand_as(hc)                                      # (b, C)
+        for j in range(C):
+            for i in range(K):
+                r = torch.rsqrt((hh + 2 * lam64[i] * hc[:, j] + lam64[i] ** 2 * cc[:, j]) / d + eps).float()
+                z = (zh + float(lam64[i]) * zc[:, j]) * r[:, None]
+                arg, n_eff, mass, lab = _stats_of_logits(z, labels)
+                sl = slice(s0, s0 + hb.shape[0])
+                out["argmax"][sl, j, i], out["n_eff"][sl, j, i] = arg.cpu(), n_eff.cpu()
+                out["label_mass"][sl, j, i], out["label_logits"][sl, j, i] = mass.cpu(), lab.cpu()
+    return DecodeStats(**out)
+
+
 def additive_retrieval(unembed: Unembed, h_zero: torch.Tensor, c_bar: torch.Tensor, label_token_ids: list[int], *,
                        lambdas: list[float], context_layers: list[int], query_layers: list[int],
                        **decode_kwargs) -> DecodeStats:
     r"""First-order retrieval over a grid: for every query layer l', context layer l and coupling lambda, decode
     :math:`h_{zero}^{(l')} + \lambda\bar c^{(l)}` for every prompt. ``h_zero`` is ``(P, L+1, d)``; ``c_bar`` is
     ``(L+1, d)`` (one vector for all prompts) or ``(P, L+1, d)`` (one per prompt, e.g. leave-one-out means). Result
-    fields have shape ``(P, len(query_layers), len(context_layers), len(lambdas))``."""
+    fields have shape ``(P, len(query_layers), len(context_layers), len(lambdas))``. For an RMSNorm model
+    (:func:`rms_form`) the grid is computed by linearity of the unembedding (:func:`_additive_rms`, the same numbers
+    to float32 round-off), otherwise by one streamed decode per grid point."""
     n_layers = h_zero.shape[1]
     layer_indices(context_layers, "context_layers", n_layers)
     layer_indices(query_layers, "query_layers", n_layers)
@@ -145,9 +213,14 @@ def additive_retrieval(unembed: Unembed, h_zero: torch.Tensor, c_bar: torch.Tens
     if lam.numel() == 0:
         raise ValueError("lambdas must be a non-empty list of finite numbers")
     c_bar = c_bar if c_bar.ndim == 3 else c_bar[None]
-    c = lam[None, None, :, None] * c_bar[:, context_layers][:, :, None, :]          # (P or 1, C, K, d)
-    parts = [decode_stats(unembed, h_zero[:, l, None, None, :] + c, label_token_ids, **decode_kwargs)
-             for l in query_layers]                                      # one query layer at a time: (P, C, K, d)
+    rms = rms_form(unembed)
+    if rms is not None:
+        parts = [_additive_rms(unembed, *rms, h_zero[:, l], c_bar[:, context_layers], lam, label_token_ids)
+                 for l in query_layers]
+    else:
+        c = lam[None, None, :, None] * c_bar[:, context_layers][:, :, None, :]      # (P or 1, C, K, d)
+        parts = [decode_stats(unembed, h_zero[:, l, None, None, :] + c, label_token_ids, **decode_kwargs)
+                 for l in query_layers]                                  # one query layer at a time: (P, C, K, d)
     return DecodeStats(**{f: torch.stack([getattr(p, f) for p in parts], dim=1)
                           for f in ("argmax", "n_eff", "label_mass", "label_logits")})
 

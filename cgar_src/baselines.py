@@ -1,0 +1,95 @@
+r"""Baselines that a claim about in-context learning has to beat (book: chapters 07-12).
+
+All take per-query quantities already computed from cached states (no forward passes) and return per-query
+correctness ``(P,)`` as float64 0/1, so that :func:`cgar_src.stats.compare` can pair them with any method.
+
+* :func:`majority_correct`: always answer one class, the most frequent one of a reference set of labels (the
+  evaluated queries themselves: the best constant answer in hindsight; or the demonstration pool: its prior);
+* :func:`label_restricted_correct`: zero-shot (or k-shot) restricted to the label tokens, the argmax of the label
+  logits :math:`\arg\max_y z_y` instead of the argmax over the whole vocabulary;
+* :func:`calibrated_correct`: contextual calibration (Zhao et al. 2021). With :math:`p` the label distribution of the
+  query's prompt and :math:`p_{cf}` that of the same prompt with a content-free input ("N/A"), the calibrated
+  prediction is :math:`\arg\max_y p_y / p_{cf,y} = \arg\max_y (z_y - z_{cf,y})` (the normalisers cancel);
+* :func:`label_prior_vector`: a residual-stream direction that raises every label's logit by the same amount to
+  first order, norm-matched to a context vector: the control that tells "c_bar raises the label set" from "c_bar
+  carries the input-label mapping".
+"""
+from __future__ import annotations
+
+import torch
+
+from .lm import Unembed
+
+__all__ = ["majority_class", "majority_correct", "label_restricted_correct", "calibrated_predictions",
+           "calibrated_correct", "label_prior_vector"]
+
+
+def _labels(labels, name: str = "labels") -> torch.Tensor:
+    y = torch.as_tensor(labels)
+    if y.ndim != 1 or y.numel() == 0 or y.dtype.is_floating_point or bool((y < 0).any()):
+        raise ValueError(f"{name} must be a non-empty 1-d tensor of class indices >= 0, got {tuple(y.shape)} {y.dtype}")
+    return y.long()
+
+
+def majority_class(reference) -> int:
+    """The most frequent class of ``reference`` (ties: the smallest class index)."""
+    return int(torch.bincount(_labels(reference, "reference")).argmax())
+
+
+def majority_correct(labels, reference=None) -> torch.Tensor:
+    """Correctness of always answering the majority class of ``reference`` (default: ``labels`` themselves)."""
+    y = _labels(labels)
+    c = majority_class(y if reference is None else reference)
+    return (y == c).double()
+
+
+def _logits(z, labels: torch.Tensor, name: str) -> torch.Tensor:
+    z = torch.as_tensor(z, dtype=torch.float64)
+    if z.ndim != 2 or z.shape[0] != labels.shape[0]:
+        raise ValueError(f"{name} must be (P, n_labels) with P = {labels.shape[0]} queries, got {tuple(z.shape)}")
+    if int(labels.max()) >= z.shape[1]:
+        raise ValueError(f"labels reach class {int(labels.max())} but {name} has only {z.shape[1]} label columns")
+    return z
+
+
+def label_restricted_correct(label_logits, labels) -> torch.Tensor:
+    """Correctness of the argmax over the label tokens' logits ``(P, n_labels)``."""
+    y = _labels(labels)
+    return (_logits(label_logits, y, "label_logits").argmax(-1) == y).double()
+
+
+def calibrated_predictions(label_logits, cf_label_logits) -> torch.Tensor:
+    """Contextually calibrated label predictions: :math:`\\arg\\max_y (z_y - z_{cf,y})`. ``cf_label_logits`` is
+    ``(P, n_labels)`` (one content-free prompt per query, e.g. with that query's demonstrations) or ``(n_labels,)``
+    (one content-free prompt for all)."""
+    z = torch.as_tensor(label_logits, dtype=torch.float64)
+    zc = torch.as_tensor(cf_label_logits, dtype=torch.float64)
+    if z.ndim != 2 or zc.shape not in (z.shape, z.shape[1:]):
+        raise ValueError(f"cf_label_logits must have shape {tuple(z.shape)} or {tuple(z.shape[1:])}, got {tuple(zc.shape)}")
+    return (z - zc).argmax(-1)
+
+
+def calibrated_correct(label_logits, cf_label_logits, labels) -> torch.Tensor:
+    """Correctness of :func:`calibrated_predictions`."""
+    y = _labels(labels)
+    _logits(label_logits, y, "label_logits")
+    return (calibrated_predictions(label_logits, cf_label_logits) == y).double()
+
+
+def label_prior_vector(unembed: Unembed, label_token_ids: list[int], norms: torch.Tensor) -> torch.Tensor:
+    r"""The minimum-norm residual direction :math:`v` with :math:`R v \propto \mathbf 1`, where the rows of R are
+    the labels' readout directions :math:`\gamma \odot w_y` (final-norm gain times unembedding row, as in
+    :func:`cgar_src.lens.readout_basis`): to first order it raises every label's logit by the same amount and
+    carries no preference among the labels. Scaled to each of ``norms`` (e.g. ``c_bar.norm(dim=-1)``, shape
+    ``(L+1,)``); returns ``norms.shape + (d,)``."""
+    if not label_token_ids:
+        raise ValueError("label_token_ids must be a non-empty list of token ids")
+    W = unembed.weight
+    R = W[torch.as_tensor(label_token_ids, device=W.device)].double()
+    gain = getattr(unembed.final_norm, "weight", None)
+    if gain is not None:
+        R = R * gain.double()
+    v = torch.linalg.pinv(R) @ torch.ones(R.shape[0], dtype=torch.float64, device=R.device)   # R^T (R R^T)^-1 1
+    v = (v / v.norm()).float().cpu()
+    norms = torch.as_tensor(norms, dtype=torch.float32)
+    return norms[..., None] * v

@@ -1,0 +1,126 @@
+"""Known answers for the separability readouts of chapter 10: shared folds, the bag-of-words baseline, the logit lens
+on the label tokens, the bias-corrected (centred) lens and the onset layer."""
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import KFold
+
+from cgar_src import lens, probes
+from cgar_src.lm import Unembed, hidden_states
+from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
+
+
+def test_folds_are_seeded_kfold_and_cover_every_query_once():
+    f = probes.folds(23, 5, seed=3)
+    ref = list(KFold(5, shuffle=True, random_state=3).split(np.zeros(23)))
+    assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(f, ref))
+    assert sorted(np.concatenate([te for _, te in f]).tolist()) == list(range(23))
+    assert not np.array_equal(probes.folds(23, 5, seed=4)[0][1], f[0][1])
+    for n_folds in (1, 24, 2.5):
+        with pytest.raises(ValueError, match="n_folds"):
+            probes.folds(23, n_folds, seed=0)
+
+
+def test_lexical_probe_reads_a_keyword_perfectly():
+    rng = np.random.default_rng(0)
+    filler = ["the", "a", "film", "story", "was", "is", "very", "quite", "long", "short"]
+    keys = ["superb", "dreadful", "baffling"]
+    labels = torch.arange(60) % 3
+    texts = [" ".join(rng.choice(filler, 5)) + " " + keys[y] for y in labels.tolist()]
+    acc = probes.lexical_probe_correct(texts, labels, n_folds=5, seed=0)
+    assert acc.shape == (60,) and acc.dtype == torch.float32 and acc.mean() == 1.0
+
+
+def test_lexical_probe_on_uninformative_text_is_the_training_majority():
+    # identical texts carry no information: each fold must answer its training queries' majority class
+    labels = torch.tensor([0] * 14 + [1] * 6 + [2] * 5)
+    texts = ["the same words for every query"] * len(labels)
+    acc = probes.lexical_probe_correct(texts, labels, n_folds=5, seed=1)
+    expected = np.zeros(len(labels))
+    y = labels.numpy()
+    for train, test in probes.folds(len(y), 5, seed=1):
+        expected[test] = y[test] == np.bincount(y[train]).argmax()
+    np.testing.assert_array_equal(acc.numpy(), expected)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(texts=[]), "texts"), (dict(texts=["a", ""]), "texts"),
+                                       (dict(labels=torch.tensor([0, 1, 0])), "labels"),
+                                       (dict(n_folds=1), "n_folds"), (dict(Cs=()), "Cs"), (dict(Cs=(1.0, -1.0)), "Cs"),
+                                       (dict(inner_folds=1), "inner_folds"),
+                                       (dict(labels=torch.tensor([0.0, 1.0, 0.0, 1.0])), "labels")])
+def test_lexical_probe_rejects_bad_input(kw, match):
+    args = dict(texts=["good", "bad", "fine", "awful"], labels=torch.tensor([0, 1, 0, 1]), n_folds=2) | kw
+    with pytest.raises(ValueError, match=match):
+        probes.lexical_probe_correct(args.pop("texts"), args.pop("labels"), **args)
+
+
+def test_centred_lens_removes_a_constant_label_bias():
+    # label 1's logit carries a bias of +5 on every query; the true label gets +1: the raw argmax always says 1
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (40,), generator=g)
+    z = 0.1 * torch.randn(40, 3, generator=g) + torch.nn.functional.one_hot(labels, 3)
+    z[:, 1] += 5.0
+    raw = (z.argmax(-1) == labels).float()
+    assert raw.mean() == (labels == 1).float().mean()            # the raw readout is the base rate of label 1
+    cen = probes.centred_lens_correct(z, labels, n_folds=5, seed=0)
+    assert cen.mean() == 1.0
+    # per layer: a (P, L+1, n_labels) input is centred layer by layer, like stacking the 2-d calls
+    z3 = torch.stack([z, torch.roll(z, 1, dims=-1), -z], 1)
+    per_layer = torch.stack([probes.centred_lens_correct(z3[:, l], labels, n_folds=5, seed=0) for l in range(3)], 1)
+    torch.testing.assert_close(probes.centred_lens_correct(z3, labels, n_folds=5, seed=0), per_layer)
+
+
+def test_centred_lens_is_cross_fitted():
+    # the mean subtracted from a query's logits must come from the other folds only
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(30, 3, generator=g) * torch.tensor([1.0, 1.0, 3.0])
+    labels = torch.randint(0, 3, (30,), generator=g)
+    got = probes.centred_lens_correct(z, labels, n_folds=3, seed=2)
+    want = torch.zeros(30)
+    for train, test in probes.folds(30, 3, seed=2):
+        pred = (z[test] - z[train].mean(0)).argmax(-1)
+        want[test] = (pred == labels[test]).float()
+    torch.testing.assert_close(got, want)
+    full = ((z - z.mean(0)).argmax(-1) == labels).float()       # in-sample centring answers differently here
+    assert not torch.equal(got, full)
+    with pytest.raises(ValueError, match="label_logits"):
+        probes.centred_lens_correct(z[:, 0], labels)
+    with pytest.raises(ValueError, match="label columns"):
+        probes.centred_lens_correct(z[:, :2], labels.clamp(max=1) * 2)
+
+
+def test_label_logits_are_the_lens_label_columns(tiny):
+    un = Unembed(tiny.model)
+    states = hidden_states(tiny, PROMPTS, batch_size=2, progress=False)
+    ids = [5, 17, 40]
+    z = probes.label_logits(un, states, ids)
+    assert z.shape == (len(PROMPTS), tiny.n_layers + 1, 3)
+    torch.testing.assert_close(z, lens.decode_stats(un, states, ids).label_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z[:, -1], un(states[:, -1])[:, ids], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="hidden size"):
+        probes.label_logits(un, states[..., :10], ids)
+    with pytest.raises(ValueError, match="label_token_ids"):
+        probes.label_logits(un, states, [un.vocab_size])
+
+
+def test_onset_layer_finds_the_first_layer_that_really_beats_every_baseline():
+    n = 100
+    base = torch.tensor([1.0] * 50 + [0.0] * 50)
+    a = torch.stack([base, base.clone(), torch.ones(n), torch.ones(n)], 1)
+    a[50:53, 1] = 1                                               # +0.03: not a real difference
+    assert probes.onset_layer(a, [base]) == 2
+    assert probes.onset_layer(a, [base, torch.ones(n)]) is None   # nothing beats a perfect baseline
+    per_layer = torch.stack([base, base, torch.ones(n), torch.zeros(n)], 1)
+    assert probes.onset_layer(a, [per_layer]) == 3                # a (P, L+1) baseline is compared layer by layer
+    with pytest.raises(ValueError, match="correct"):
+        probes.onset_layer(base, [base])
+    with pytest.raises(ValueError, match="baselines"):
+        probes.onset_layer(a, [])
+    with pytest.raises(ValueError, match="baseline"):
+        probes.onset_layer(a, [base[:10]])
+
+
+def test_probe_rejects_bad_max_iter():
+    states, labels = torch.randn(20, 2, 4), torch.arange(20) % 2
+    with pytest.raises(ValueError, match="max_iter"):
+        probes.probe_correct(states, labels, max_iter=0, progress=False)
