@@ -78,7 +78,7 @@ def test_every_transformer_chapter_runs_on_a_bf16_llama(tiny_bf16_llama, tmp_pat
     assert os.listdir(tmp_path / "cache" / "states")                        # states went to the temporary cache
 
 
-def test_bench_gpu_runs_on_a_tiny_random_model(tmp_path, capsys):
+def test_bench_gpu_runs_on_a_tiny_random_model(tmp_path, capsys, monkeypatch):
     """benchmarks/bench_gpu.py, the script that measures the paper profile on a GPU, on CPU with a tiny random Llama:
     one dataset, shots 0 and 1, one chapter; its accounting must be consistent (tokens, FLOPs, stages)."""
     import importlib.util
@@ -88,6 +88,9 @@ def test_bench_gpu_runs_on_a_tiny_random_model(tmp_path, capsys):
 
     if data.data_dir() is None:
         pytest.skip("no local data directory")
+    # bench_gpu points CGAR_CACHE at its own cold cache; monkeypatch puts the variable back afterwards, so that the
+    # chapters' kernels started later in the same session (nbval) keep reading the user's state cache
+    monkeypatch.setenv("CGAR_CACHE", str(tmp_path / "cache"))
     spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
