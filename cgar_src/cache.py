@@ -18,7 +18,7 @@ from .lm import LoadedModel, Patch, hidden_states, user_cache_dir
 from ._validate import positive_int
 from .records import atomic_path, write_json_atomic
 
-__all__ = ["CachedStates", "cached_states", "CHUNK_SIZE"]
+__all__ = ["CachedStates", "cached_states", "cached_twin_states", "CHUNK_SIZE"]
 
 CHUNK_SIZE = 64  # prompts per cache file; each chunk is one call of hidden_states
 
@@ -34,26 +34,21 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root: str | os.PathLike | None = None,
-                  chunk_size: int = CHUNK_SIZE, batch_size: int = 8, progress: bool = True,
-                  patch: Patch | None = None, max_batch_tokens: int | None = None) -> CachedStates:
-    """States of ``prompts`` from the cache, computing (one forward pass per distinct prompt) what is missing.
-    With a ``patch`` (one vector for all prompts), its layer, mode and the vector's bytes are part of the key.
-    ``max_batch_tokens`` (default ``lm.max_batch_tokens``) is the padded-token budget of a forward batch; it is part
-    of the key, but how a batch was split after an out-of-memory error (see :func:`~cgar_src.lm.hidden_states`)
-    is not."""
+def _entry(lm: LoadedModel, prompts: list[str], meta: dict, cache_root, chunk_size: int, batch_size: int,
+           budget: int, patch: Patch | None = None, twin: bool = False) -> tuple[list[str], Path]:
+    """The distinct prompts and the directory of one cache entry (its meta.json written if new)."""
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
     if not isinstance(meta, dict):
         raise ValueError(f"meta must be a dict describing the prompts (dataset, split, template, shots, seed), got {meta!r}")
-    budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
-    positive_int(budget, "max_batch_tokens")
     unique = list(dict.fromkeys(prompts))
     # "batching" names how hidden_states groups prompts: batch composition moves float results at the 1e-5 level,
     # so states computed with another grouping are a different entry. With the defaults (float32, batch_size 8,
     # 2048 tokens) this JSON is exactly what it has been since the cache was created: tests/test_lm.py guards it
     ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype,
              "batching": f"length-sorted, right-padded, <= {budget} tokens", "batch_size": batch_size, **meta}
+    if twin:  # computed from the key/value cache of a twin prompt's forward pass: another float path, another entry
+        ident["prefix"] = "keys and values of the common token prefix from the twin prompt's batched forward pass"
     if patch is not None:
         vec = torch.as_tensor(patch.vectors, dtype=torch.float32)
         if vec.ndim != 1:
@@ -69,28 +64,101 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
     path = root / key[:2] / key
     if not (path / "meta.json").exists():
         write_json_atomic(path / "meta.json", {**ident, "n_prompts": len(unique), "chunk_size": chunk_size})
-    n_layers, d = lm.n_layers + 1, lm.model.config.hidden_size
+    return unique, path
+
+
+def _load_chunk(file: Path, hashes: list[str], shape: tuple[int, int, int]) -> torch.Tensor | None:
+    """A chunk's states, or None when it is missing, damaged or for other prompts (then it is recomputed)."""
+    if not file.exists():
+        return None
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+        ok = (saved["prompt_sha"] == hashes and saved["states"].shape == shape
+              and bool(torch.isfinite(saved["states"]).all()))
+        return saved["states"] if ok else None
+    except Exception:  # damaged file: recompute
+        return None
+
+
+def _save_chunk(file: Path, hashes: list[str], states: torch.Tensor) -> None:
+    with atomic_path(file) as tmp:
+        torch.save({"prompt_sha": hashes, "states": states}, tmp)
+
+
+def _gather(chunks: list[torch.Tensor], unique: list[str], prompts: list[str]) -> torch.Tensor:
+    table = torch.cat(chunks)
+    index = {p: i for i, p in enumerate(unique)}
+    return table[[index[p] for p in prompts]]
+
+
+def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root: str | os.PathLike | None = None,
+                  chunk_size: int = CHUNK_SIZE, batch_size: int = 8, progress: bool = True,
+                  patch: Patch | None = None, max_batch_tokens: int | None = None) -> CachedStates:
+    """States of ``prompts`` from the cache, computing (one forward pass per distinct prompt) what is missing.
+    With a ``patch`` (one vector for all prompts), its layer, mode and the vector's bytes are part of the key.
+    ``max_batch_tokens`` (default ``lm.max_batch_tokens``) is the padded-token budget of a forward batch; it is part
+    of the key, but how a batch was split after an out-of-memory error (see :func:`~cgar_src.lm.hidden_states`)
+    is not."""
+    budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
+    positive_int(budget, "max_batch_tokens")
+    unique, path = _entry(lm, prompts, meta, cache_root, chunk_size, batch_size, budget, patch)
+    shape = (lm.n_layers + 1, lm.model.config.hidden_size)
     chunks, n_forward = [], 0
     for i, start in enumerate(range(0, len(unique), chunk_size)):
         part = unique[start:start + chunk_size]
         hashes = [_sha(p) for p in part]
         file = path / f"chunk_{i:05d}.pt"
-        states = None
-        if file.exists():
-            try:
-                saved = torch.load(file, map_location="cpu", weights_only=True)
-                ok = (saved["prompt_sha"] == hashes and saved["states"].shape == (len(part), n_layers, d)
-                      and bool(torch.isfinite(saved["states"]).all()))
-                states = saved["states"] if ok else None
-            except Exception:  # damaged file: recompute below
-                states = None
+        states = _load_chunk(file, hashes, (len(part), *shape))
         if states is None:
             states = hidden_states(lm, part, batch_size=batch_size, progress=progress, patch=patch,
                                    max_batch_tokens=budget)
             n_forward += len(part)
-            with atomic_path(file) as tmp:
-                torch.save({"prompt_sha": hashes, "states": states}, tmp)
+            _save_chunk(file, hashes, states)
         chunks.append(states)
-    table = torch.cat(chunks)
-    index = {p: i for i, p in enumerate(unique)}
-    return CachedStates(states=table[[index[p] for p in prompts]], n_forward=n_forward, path=path)
+    return CachedStates(states=_gather(chunks, unique, prompts), n_forward=n_forward, path=path)
+
+
+def cached_twin_states(lm: LoadedModel, prompts: list[str], meta: dict, twins: list[str], twin_meta: dict, *,
+                       cache_root: str | os.PathLike | None = None, chunk_size: int = CHUNK_SIZE,
+                       batch_size: int = 8, progress: bool = True,
+                       max_batch_tokens: int | None = None) -> tuple[CachedStates, CachedStates]:
+    """States of ``prompts`` and of their ``twins`` (one per prompt, e.g. the same demonstrations followed by a
+    content-free input) from the cache. The prompts' entry is the one :func:`cached_states` uses (same key, same
+    numbers); each missing twin is computed from its prompt's key/value cache over their common token prefix
+    (``hidden_states(..., twins=...)``), which saves the forward pass over the shared demonstrations, and is stored
+    under its own key (``twin_meta`` plus a note of that float path). Prompts and twins must each be distinct; a
+    chunk of twins missing while its prompts are cached reruns those prompts' forward pass (their stored states are
+    kept)."""
+    if not isinstance(twins, list) or not isinstance(prompts, list) or len(twins) != len(prompts):
+        raise ValueError("twins must be a list with one prompt per prompt")
+    if len(set(prompts)) != len(prompts) or len(set(twins)) != len(twins):
+        raise ValueError("prompts and twins must each be distinct (one twin per distinct prompt)")
+    budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
+    positive_int(budget, "max_batch_tokens")
+    _, path = _entry(lm, prompts, meta, cache_root, chunk_size, batch_size, budget)
+    _, twin_path = _entry(lm, twins, twin_meta, cache_root, chunk_size, batch_size, budget, twin=True)
+    shape = (lm.n_layers + 1, lm.model.config.hidden_size)
+    chunks, twin_chunks, n_forward, n_twin = [], [], 0, 0
+    for i, start in enumerate(range(0, len(prompts), chunk_size)):
+        part, twin_part = prompts[start:start + chunk_size], twins[start:start + chunk_size]
+        hashes, twin_hashes = [_sha(p) for p in part], [_sha(p) for p in twin_part]
+        file, twin_file = path / f"chunk_{i:05d}.pt", twin_path / f"chunk_{i:05d}.pt"
+        states = _load_chunk(file, hashes, (len(part), *shape))
+        twin_states = _load_chunk(twin_file, twin_hashes, (len(part), *shape))
+        if twin_states is None:
+            fresh, twin_states = hidden_states(lm, part, batch_size=batch_size, progress=progress,
+                                               max_batch_tokens=budget, twins=twin_part)
+            n_twin += len(part)
+            _save_chunk(twin_file, twin_hashes, twin_states)
+            if states is None:
+                states = fresh
+                n_forward += len(part)
+                _save_chunk(file, hashes, states)
+        elif states is None:
+            states = hidden_states(lm, part, batch_size=batch_size, progress=progress, max_batch_tokens=budget)
+            n_forward += len(part)
+            _save_chunk(file, hashes, states)
+        chunks.append(states)
+        twin_chunks.append(twin_states)
+    return (CachedStates(states=torch.cat(chunks), n_forward=n_forward, path=path),
+            CachedStates(states=torch.cat(twin_chunks), n_forward=n_twin, path=twin_path))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .cache import cached_states
+from .cache import cached_states, cached_twin_states
 from ._validate import int_in_range, positive_int
 from .data import (TASKS, first_token_ids, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts,
                    sample_demos)
@@ -46,7 +46,10 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     ``label_mode="random"`` gives the demonstrations random labels (a control). ``content_free=True`` also returns
     ``h_cf``: per query, the states of the *content-free* prompt made of that query's own demonstrations followed by
     the template with the input :data:`CONTENT_FREE_INPUT` (one shared prompt when ``shots=0``), the prompt that
-    contextual calibration (Zhao et al. 2021) and the gate chapter read the context from."""
+    contextual calibration (Zhao et al. 2021) and the gate chapter read the context from. With shots, the content-free
+    prompts reuse the in-context prompts' keys and values over the shared demonstrations
+    (:func:`cgar_src.cache.cached_twin_states`): their cost is a few tokens each, not a second pass over the
+    demonstrations."""
     if dataset not in TASKS:
         raise ValueError(f"dataset must be one of {sorted(TASKS)}, got {dataset!r}")
     positive_int(n_queries, "n_queries")
@@ -83,13 +86,20 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     zero_meta = {k: v for k, v in params.items() if k not in ("shots", "label_mode")} | {"kind": "zero"}
     zero_states = cached_states(lm, zero, zero_meta,
                                 cache_root=cache_root, batch_size=batch_size, progress=progress)
-    icl_states = (cached_states(lm, icl, params | {"kind": "icl"}, cache_root=cache_root, batch_size=batch_size,
-                                progress=progress) if icl else None)
-    cf_states = None
-    if content_free:
-        cf_meta = (params if shots else {k: v for k, v in params.items() if k not in ("shots", "label_mode")}) | {
-            "kind": "content-free", "content_free_input": CONTENT_FREE_INPUT}
-        cf_states = cached_states(lm, cf, cf_meta, cache_root=cache_root, batch_size=batch_size, progress=progress)
+    icl_states = cf_states = None
+    cf_meta = (params if shots else {k: v for k, v in params.items() if k not in ("shots", "label_mode")}) | {
+        "kind": "content-free", "content_free_input": CONTENT_FREE_INPUT}
+    if content_free and icl and len(set(icl)) == len(icl) and len(set(cf)) == len(cf):
+        # each content-free prompt shares its query's demonstrations: computed from the in-context prompt's keys and
+        # values over that prefix (cache.cached_twin_states), so the demonstrations run once
+        icl_states, cf_states = cached_twin_states(lm, icl, params | {"kind": "icl"}, cf, cf_meta,
+                                                   cache_root=cache_root, batch_size=batch_size, progress=progress)
+    else:
+        icl_states = (cached_states(lm, icl, params | {"kind": "icl"}, cache_root=cache_root, batch_size=batch_size,
+                                    progress=progress) if icl else None)
+        if content_free:
+            cf_states = cached_states(lm, cf, cf_meta, cache_root=cache_root, batch_size=batch_size,
+                                      progress=progress)
     n_forward = sum(s.n_forward for s in (zero_states, icl_states, cf_states) if s is not None)
     return TaskStates(h_zero=zero_states.states, h_icl=icl_states.states if icl_states else None,
                       labels=torch.tensor([q.label for q in queries]), label_ids=label_ids, params=params,

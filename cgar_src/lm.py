@@ -427,9 +427,20 @@ _OOM = tuple(e for e in (getattr(torch, "OutOfMemoryError", None), getattr(torch
              if e is not None)
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common leading run of two token lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 @torch.no_grad()
 def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True,
-                  patch: Patch | None = None, max_batch_tokens: int | None = None) -> torch.Tensor:
+                  patch: Patch | None = None, max_batch_tokens: int | None = None,
+                  twins: list[str] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Last-token residual states of every layer for each prompt: float32 tensor ``(P, L+1, d)``.
 
     One forward pass of the transformer body per prompt (the output head is not needed). Prompts are batched by
@@ -443,9 +454,23 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     they run: no work is lost, and the caller (the state cache, whose key does not depend on the split) sees the
     same prompts' states. Entry L is the input of the final norm (captured by a hook), see the module docstring.
     With a :class:`Patch`, entry ``patch.layer`` is the patched state and later entries follow from it.
+
+    With ``twins`` (one prompt per prompt, usually sharing a long leading part with it, such as the same
+    demonstrations followed by a content-free input), returns the pair ``(states of prompts, states of twins)``.
+    Twin i is not run from scratch: it reuses the key/value cache of prompt i's forward pass over their common token
+    prefix (at most all but its last token) and runs only its remaining tokens, one twin at a time. Under causal
+    attention the keys and values of a prefix do not depend on what follows it, so this equals the twin's own
+    forward pass up to float summation order (tested to 1e-4), and the prompts' states are those of the call without
+    twins. It saves the forward pass over the shared prefix: for the book's content-free prompts, most of their
+    tokens.
     """
     if not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
+    if twins is not None:
+        if not isinstance(twins, list) or len(twins) != len(prompts) or not all(isinstance(t, str) and t for t in twins):
+            raise ValueError(f"twins must be a list of {len(prompts)} non-empty strings, one per prompt")
+        if patch is not None:
+            raise ValueError("twins cannot be combined with a patch (the twin would reuse patched keys and values)")
     budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
     positive_int(budget, "max_batch_tokens")
     model, tok = lm.model, lm.tokenizer
@@ -453,6 +478,10 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     lengths: list[int] = []
     pending = token_batches(tok, prompts, batch_size, budget, lengths_out=lengths)
     _check_lengths(lm, lengths, f"{len(prompts)} prompts")
+    if twins is not None:
+        prompt_ids, twin_ids = tok(prompts)["input_ids"], tok(twins)["input_ids"]
+        _check_lengths(lm, [len(t) for t in twin_ids], f"{len(twins)} twin prompts")
+        twin_out = torch.empty(len(twins), lm.n_layers + 1, model.config.hidden_size)
     norm = _final_norm(model)
     captured: list[torch.Tensor] = []
     current: dict[str, torch.Tensor] = {}          # the batch's rows and last-token positions (and patch vectors)
@@ -493,7 +522,7 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
                 # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
                 # output head (vocab x d over every position) is skipped
                 res = model.base_model(input_ids=input_ids.to(lm.device), output_hidden_states=True,
-                                       use_cache=False)
+                                       use_cache=twins is not None)
             except _OOM as err:
                 res = None
                 if len(idx) == 1:
@@ -510,10 +539,33 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
             if vectors is not None:  # HF records a block's input before its pre-hooks run: show the patched entry
                 states[:, patch.layer] = current["patched"]
             out[idx] = states
+            if twins is not None:
+                _run_twins(lm, res.past_key_values, idx, [prompt_ids[i] for i in idx], [twin_ids[i] for i in idx],
+                           current, captured, twin_out)
             del res
             bar.update(len(idx))
     finally:
         bar.close()
         for h in hooks:
             h.remove()
-    return out
+    return out if twins is None else (out, twin_out)
+
+
+def _run_twins(lm: LoadedModel, cache, idx: list[int], prompt_ids: list[list[int]], twin_ids: list[list[int]],
+               current: dict, captured: list, twin_out: torch.Tensor) -> None:
+    """The twins of one batch (see :func:`hidden_states`): each from its prompt's keys and values over their common
+    token prefix (``cache``: the batch's key/value cache, rows in batch order), then its own remaining tokens."""
+    from transformers import DynamicCache
+
+    model = lm.model
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    for row, (i, a, b) in enumerate(zip(idx, prompt_ids, twin_ids)):
+        shared = min(_common_prefix(a, b), len(b) - 1)   # the twin runs at least its last token
+        past = (DynamicCache(ddp_cache_data=[(k[row:row + 1, :, :shared], v[row:row + 1, :, :shared])
+                                             for k, v in layers], config=model.config) if shared else None)
+        ids = torch.tensor([b[shared:]], device=lm.device)
+        current["rows"], current["last"] = torch.zeros(1, dtype=torch.long), torch.tensor([ids.shape[1] - 1])
+        captured.clear()
+        res = model.base_model(input_ids=ids, past_key_values=past, output_hidden_states=True, use_cache=shared > 0)
+        last = [h[0, -1].float().cpu() for h in res.hidden_states[:-1]] + [captured[-1][0]]
+        twin_out[i] = torch.stack(last)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cgar_src.icl import CONTENT_FREE_INPUT, task_states
-from cgar_src.lm import DEFAULT_MODEL, load_model
+from cgar_src.lm import DEFAULT_MODEL, hidden_states, load_model
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +20,8 @@ def test_content_free_prompts_share_the_query_demonstrations(smol, tmp_path):
         assert demos_icl == demos_cf                                  # the same demonstrations, in the same order
         assert cf.endswith(f"Question: {CONTENT_FREE_INPUT}\nAnswer type:")
         assert zero.split("\n")[0] not in cf                          # the query itself never enters
+    # computed from the in-context prompts' keys and values over the shared demonstrations, equal to their own pass
+    torch.testing.assert_close(ts.h_cf, hidden_states(smol, ts.cf_prompts, progress=False), atol=1e-3, rtol=1e-5)
     # content_free changes nothing else, and a second call is served from the cache
     plain = task_states(smol, "trec", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
     assert torch.equal(plain.h_icl, ts.h_icl) and plain.h_cf is None and plain.n_forward == 0
