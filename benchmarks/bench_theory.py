@@ -66,21 +66,20 @@ def main() -> None:
 
 def sweep_report(cfg: SweepConfig, loop_trials: int) -> dict:
     """Time the batched Figure 2 sweep against the per-trial loop (see the module docstring)."""
-    args = argparse.Namespace(loop_trials=loop_trials)
     t0 = time.perf_counter()
     res = separation_sweep(cfg)
     t_batched = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ref = separation_trial_loop(cfg, n_trials=args.loop_trials)
-    t_loop = (time.perf_counter() - t0) * cfg.n_trials / args.loop_trials
-    diff = (ref - res.p_target[..., : args.loop_trials]).abs().max().item()
+    ref = separation_trial_loop(cfg, n_trials=loop_trials)
+    t_loop = (time.perf_counter() - t0) * cfg.n_trials / loop_trials
+    diff = (ref - res.p_target[..., :loop_trials]).abs().max().item()
 
     report = {**cfg.to_dict(), "threads": torch.get_num_threads(), "batched_s": round(t_batched, 2),
-              "loop_s_extrapolated": round(t_loop, 1), "loop_trials_timed": args.loop_trials,
+              "loop_s_extrapolated": round(t_loop, 1), "loop_trials_timed": loop_trials,
               "speedup": round(t_loop / t_batched, 1), "max_abs_diff_p": diff, "target_speedup": 20}
     print(f"Figure 2 sweep: batched {t_batched:.1f} s, per-trial loop {t_loop:.0f} s (extrapolated from "
-          f"{args.loop_trials} trials per point): {t_loop / t_batched:.1f}x "
+          f"{loop_trials} trials per point): {t_loop / t_batched:.1f}x "
           f"({'meets' if t_loop / t_batched >= 20 else 'MISSES'} the 20x target); max |diff p| {diff:.1e}")
     return report
 

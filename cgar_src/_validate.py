@@ -63,6 +63,20 @@ def positive_int(value, name: str) -> int:
     return int_in_range(value, name, 1)
 
 
+def boolean(value, name: str) -> bool:
+    """True or False (not a truthy stand-in such as "yes" or 1)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def confidence_level(value) -> float:
+    """A confidence level in (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"level must be in (0, 1), got {value}")
+    return float(value)
+
+
 def layer_indices(layers, name: str, n: int) -> list[int]:
     """A non-empty list of layer (residual-entry) indices in ``[0, n - 1]``."""
     bad = [l for l in layers if isinstance(l, bool) or not (isinstance(l, int) and 0 <= l < n)]

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import torch
 
+from .lens import readout_rows
 from .lm import Unembed
 
 __all__ = ["majority_class", "majority_correct", "label_restricted_correct", "calibrated_predictions",
-           "calibrated_correct", "label_prior_vector"]
+           "calibrated_correct", "label_prior_vector", "VERDICTS", "additive_verdict"]
 
 
 def _labels(labels, name: str = "labels") -> torch.Tensor:
@@ -84,12 +85,20 @@ def label_prior_vector(unembed: Unembed, label_token_ids: list[int], norms: torc
     ``(L+1,)``); returns ``norms.shape + (d,)``."""
     if not label_token_ids:
         raise ValueError("label_token_ids must be a non-empty list of token ids")
-    W = unembed.weight
-    R = W[torch.as_tensor(label_token_ids, device=W.device)].double()
-    gain = getattr(unembed.final_norm, "weight", None)
-    if gain is not None:
-        R = R * gain.double()
+    R = readout_rows(unembed, label_token_ids, dtype=torch.float64)
     v = torch.linalg.pinv(R) @ torch.ones(R.shape[0], dtype=torch.float64, device=R.device)   # R^T (R R^T)^-1 1
     v = (v / v.norm()).float().cpu()
     norms = torch.as_tensor(norms, dtype=torch.float32)
     return norms[..., None] * v
+
+
+VERDICTS = ("supported", "partly", "label-set prior only", "not reproduced")
+
+
+def additive_verdict(vs_majority, vs_label_prior, vs_simple) -> str:
+    """The verdict ladder of the context-vector chapters (08 in-sample, 11 held out), from paired comparisons
+    (:class:`cgar_src.stats.Comparison`) of the context vector against the majority answer, the label-prior vector and
+    the strongest simple baseline: not really better than the majority answer -> "not reproduced"; than the
+    label-prior vector -> "label-set prior only"; than the simple baseline -> "partly"; else "supported"."""
+    return ("not reproduced" if not vs_majority.better else "label-set prior only" if not vs_label_prior.better
+            else "partly" if not vs_simple.better else "supported")

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .lm import LoadedModel, Patch, hidden_states, user_cache_dir
-from ._validate import positive_int
+from .lm import LoadedModel, Patch, batch_budget, hidden_states, user_cache_dir
 from .records import atomic_path, write_json_atomic
 
 __all__ = ["CachedStates", "cached_states", "cached_twin_states", "CHUNK_SIZE"]
@@ -45,8 +44,8 @@ def _entry(lm: LoadedModel, prompts: list[str], meta: dict, cache_root, chunk_si
     # "batching" names how hidden_states groups prompts: batch composition moves float results at the 1e-5 level,
     # so states computed with another grouping are a different entry. With the defaults (float32, batch_size 8,
     # 2048 tokens) this JSON is exactly what it has been since the cache was created: tests/test_lm.py guards it
-    ident = {"model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype,
-             "batching": f"length-sorted, right-padded, <= {budget} tokens", "batch_size": batch_size, **meta}
+    ident = {**lm.identity, "batching": f"length-sorted, right-padded, <= {budget} tokens", "batch_size": batch_size,
+             **meta}
     if twin:  # computed from the key/value cache of a twin prompt's forward pass: another float path, another entry
         ident["prefix"] = "keys and values of the common token prefix from the twin prompt's batched forward pass"
     if patch is not None:
@@ -99,8 +98,7 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
     ``max_batch_tokens`` (default ``lm.max_batch_tokens``) is the padded-token budget of a forward batch; it is part
     of the key, but how a batch was split after an out-of-memory error (see :func:`~cgar_src.lm.hidden_states`)
     is not."""
-    budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
-    positive_int(budget, "max_batch_tokens")
+    budget = batch_budget(lm, max_batch_tokens)
     unique, path = _entry(lm, prompts, meta, cache_root, chunk_size, batch_size, budget, patch)
     shape = (lm.n_layers + 1, lm.model.config.hidden_size)
     chunks, n_forward = [], 0
@@ -133,8 +131,7 @@ def cached_twin_states(lm: LoadedModel, prompts: list[str], meta: dict, twins: l
         raise ValueError("twins must be a list with one prompt per prompt")
     if len(set(prompts)) != len(prompts) or len(set(twins)) != len(twins):
         raise ValueError("prompts and twins must each be distinct (one twin per distinct prompt)")
-    budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
-    positive_int(budget, "max_batch_tokens")
+    budget = batch_budget(lm, max_batch_tokens)
     _, path = _entry(lm, prompts, meta, cache_root, chunk_size, batch_size, budget)
     _, twin_path = _entry(lm, twins, twin_meta, cache_root, chunk_size, batch_size, budget, twin=True)
     shape = (lm.n_layers + 1, lm.model.config.hidden_size)

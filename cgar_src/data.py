@@ -258,9 +258,11 @@ def lama_prompts(facts: list[Fact], queries: list[Fact], shots: int, rng: random
             raise ValueError(f"relation {q.relation} has {len(pool)} facts whose answer differs from the query's "
                              f"({q.obj!r}), fewer than shots = {shots}")
         demos = rng.sample(pool, shots)
+        # wrong-object candidates that never give the query's answer away (once per query; same order as before)
+        safe = [o for o in objects[q.relation] if keys[o] != qk and not mentions(o, q.obj)]
         wrong = []
         for d in demos:
-            objs = [o for o in objects[q.relation] if keys[o] not in (keys[d.obj], qk) and not mentions(o, q.obj)]
+            objs = [o for o in safe if keys[o] != keys[d.obj]]
             if not objs:
                 raise ValueError(f"relation {q.relation} has no wrong object for demonstration {d.subject!r} "
                                  f"(answers other than {d.obj!r} and the query's {q.obj!r})")

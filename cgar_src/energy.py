@@ -63,7 +63,11 @@ def _simplex(x, name: str, dtype=None) -> torch.Tensor:
 def regulariser(g, alpha: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r""":math:`\Omega_\alpha(g)`: :math:`\tfrac{\alpha}{2}\|g\|^2` (sparsemax) or :math:`\alpha\sum_i g_i\log g_i` (entropic)."""
     alpha, kind = positive(alpha, "alpha"), _kind(kind)
-    g = as_tensor(g, "g")
+    return _omega(as_tensor(g, "g"), alpha, kind)
+
+
+def _omega(g: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+    """:func:`regulariser` without input validation."""
     return 0.5 * alpha * (g * g).sum(-1) if kind == "sparsemax" else alpha * _xlogx(g).sum(-1)
 
 
@@ -78,8 +82,8 @@ def coupled_energy(p, g, s_q, s_c, alpha: float, beta: float, lam: float, kind: 
 
 
 def _energy(p, g, s_q, s_c, alpha, beta, lam, kind):
-    omega = 0.5 * alpha * (g * g).sum(-1) if kind == "sparsemax" else alpha * _xlogx(g).sum(-1)
-    return (-(p * s_q).sum(-1) - lam * (p * g).sum(-1) - (g * s_c).sum(-1) + _xlogx(p).sum(-1) / beta + omega)
+    return (-(p * s_q).sum(-1) - lam * (p * g).sum(-1) - (g * s_c).sum(-1) + _xlogx(p).sum(-1) / beta
+            + _omega(g, alpha, kind))
 
 
 def reduced_energy(g, s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:
@@ -88,8 +92,7 @@ def reduced_energy(g, s_q, s_c, alpha: float, beta: float, lam: float, kind: Gat
     alpha, beta, lam, kind = _params(alpha, beta, lam, kind)
     s_q, s_c = _scores(s_q, s_c)
     g = _simplex(g, "g", s_q.dtype)
-    omega = 0.5 * alpha * (g * g).sum(-1) if kind == "sparsemax" else alpha * _xlogx(g).sum(-1)
-    return -torch.logsumexp(beta * (s_q + lam * g), -1) / beta - (g * s_c).sum(-1) + omega
+    return -torch.logsumexp(beta * (s_q + lam * g), -1) / beta - (g * s_c).sum(-1) + _omega(g, alpha, kind)
 
 
 def best_p(g, s_q, beta: float, lam: float) -> torch.Tensor:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import dynamics
-from ._validate import as_tensor, nonnegative, positive, positive_int
+from ._validate import as_tensor, nonnegative, positive
 from .gate import alpha_crit, gate
 
 __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_probs_dense", "log_probs_gated",
@@ -42,7 +42,7 @@ __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_pro
            "GateStats", "gate_stats", "MultiStart", "multistart_fixed_points"]
 
 MODELS = ("zero_shot", "dense", "gated", "fixed_point", "prior")
-GRID_MODELS = {"dense": ("beta", "lam"), "gated": ("alpha", "beta", "lam"), "fixed_point": ("alpha", "beta", "lam")}
+GRID_MODELS = {"dense": ("beta", "lam"), "gated": ("alpha", "beta", "lam")}   # the fixed point: cross_fit_fixed_point
 
 
 # --- the models: log-probabilities over the vocabulary -----------------------------------------------------------
@@ -90,8 +90,8 @@ def log_probs_fixed_point(s_q, s_c, alpha: float, beta: float, lam: float, *, to
 
 
 def log_probs(model: str, s_q, s_c, params: dict) -> torch.Tensor:
-    """Log-probabilities of one of the grid models (``dense``, ``gated``, ``fixed_point``) or ``zero_shot`` at
-    ``params`` (keys as in :data:`GRID_MODELS`)."""
+    """Log-probabilities of one of the grid models (``dense``, ``gated``) or ``zero_shot`` at ``params`` (keys as
+    in :data:`GRID_MODELS`)."""
     if model == "zero_shot":
         return log_probs_zero_shot(s_q)
     if model not in GRID_MODELS:
@@ -100,9 +100,7 @@ def log_probs(model: str, s_q, s_c, params: dict) -> torch.Tensor:
         raise ValueError(f"params of {model} must have exactly the keys {GRID_MODELS[model]}, got {sorted(params)}")
     if model == "dense":
         return log_probs_dense(s_q, s_c, params["beta"], params["lam"])
-    if model == "gated":
-        return log_probs_gated(s_q, s_c, params["alpha"], params["beta"], params["lam"])
-    return log_probs_fixed_point(s_q, s_c, params["alpha"], params["beta"], params["lam"])[0]
+    return log_probs_gated(s_q, s_c, params["alpha"], params["beta"], params["lam"])
 
 
 def kl(target_logp, model_logp) -> torch.Tensor:
@@ -163,7 +161,7 @@ def kl_grid(model: str, s_q, s_c, target_logp, grid: dict) -> tuple[dict[str, li
     ``grid`` maps each parameter of ``model`` (:data:`GRID_MODELS`) to a list of values; returns the axes and a
     tensor of shape ``(len(axis_1), ..., len(axis_k), P)`` in the order of :data:`GRID_MODELS`. ``dense``: one
     vocabulary logsumexp per (beta, lambda). ``gated``: the sparse-support identity of the module docstring, one
-    gate per alpha. ``fixed_point``: one batched solve per grid point (keep that grid small)."""
+    gate per alpha."""
     s_q, s_c = _pair(s_q, s_c)
     axes = _grid_axes(model, grid)
     t = _target(target_logp, s_q)
@@ -178,22 +176,16 @@ def kl_grid(model: str, s_q, s_c, target_logp, grid: dict) -> tuple[dict[str, li
                 log_z = torch.logsumexp(beta * (s_q + lam * s_c), -1)
                 out[i, j] = negent - beta * (ps_q + lam * ps_c) + log_z
         return axes, out
-    if model == "gated":
-        lse = {beta: torch.logsumexp(beta * s_q, -1) for beta in axes["beta"]}
-        for a, alpha in enumerate(axes["alpha"]):
-            idx, g = _sparse_gate(s_c, alpha)
-            sq_s, p_s = s_q.gather(-1, idx), p.gather(-1, idx)
-            pg = (p_s * g).sum(-1)
-            for b, beta in enumerate(axes["beta"]):
-                q0 = torch.exp(beta * sq_s - lse[beta][:, None])
-                for c, lam in enumerate(axes["lam"]):
-                    log_z = lse[beta] + torch.log1p((q0 * torch.expm1(beta * lam * g)).sum(-1))
-                    out[a, b, c] = negent - beta * (ps_q + lam * pg) + log_z
-        return axes, out
+    lse = {beta: torch.logsumexp(beta * s_q, -1) for beta in axes["beta"]}      # the gated model
     for a, alpha in enumerate(axes["alpha"]):
+        idx, g = _sparse_gate(s_c, alpha)
+        sq_s, p_s = s_q.gather(-1, idx), p.gather(-1, idx)
+        pg = (p_s * g).sum(-1)
         for b, beta in enumerate(axes["beta"]):
+            q0 = torch.exp(beta * sq_s - lse[beta][:, None])
             for c, lam in enumerate(axes["lam"]):
-                out[a, b, c] = kl(t, log_probs_fixed_point(s_q, s_c, alpha, beta, lam)[0])
+                log_z = lse[beta] + torch.log1p((q0 * torch.expm1(beta * lam * g)).sum(-1))
+                out[a, b, c] = negent - beta * (ps_q + lam * pg) + log_z
     return axes, out
 
 
@@ -238,14 +230,13 @@ def fit_grid(model: str, s_q, s_c, target_logp, grid: dict, rows=None) -> GridFi
 @dataclass
 class CrossFit:
     """Held-out results of one model: per query the KL to the target, the model's argmax token and the index of
-    its fold; per fold the fitted parameters (and, for grid models, the fit)."""
+    its fold; per fold the fitted parameters (``extra``: for grid models the axes and the in-sample KL surface)."""
 
     model: str
     kl: torch.Tensor
     argmax: torch.Tensor
     fold: torch.Tensor
     params: list[dict] = field(default_factory=list)
-    fits: list[GridFit] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
@@ -297,7 +288,6 @@ def cross_fit(model: str, s_q, s_c, target_logp, folds, grid: dict | None = None
             res.params.append({"argmax": int(prior.argmax())})
         else:
             best = _best(axes, per_query, fit, model)
-            res.fits.append(best)
             res.params.append(best.params)
             lp = log_probs(model, s_q[ev], s_c[ev], best.params)
         kl_out[ev] = kl(t[ev], lp)

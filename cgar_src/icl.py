@@ -7,12 +7,12 @@ pass, and returns cached last-token states of every layer.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from .cache import cached_states, cached_twin_states
-from ._validate import int_in_range, positive_int
+from ._validate import boolean, int_in_range, positive_int
 from .data import (TASKS, first_token_ids, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts,
                    sample_demos)
 from .lm import LoadedModel, check_context_window
@@ -56,6 +56,7 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     int_in_range(shots, "shots", 0, note=" (demonstrations per class)")
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    boolean(content_free, "content_free")
     task = TASKS[dataset]
     label_ids = label_token_ids(lm.tokenizer, task.label_words)
     queries_all = load_examples(dataset, task.query_split, root=root)
@@ -64,22 +65,21 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     rng = random.Random(seed)
     queries = rng.sample(queries_all, n_queries)
     zero = [icl_prompt(task, q.text, []) for q in queries]
-    if not isinstance(content_free, bool):
-        raise ValueError(f"content_free must be True or False, got {content_free!r}")
-    icl, cf = None, [icl_prompt(task, CONTENT_FREE_INPUT, [])] * n_queries
+    icl, cf = None, [icl_prompt(task, CONTENT_FREE_INPUT, [])] * n_queries if content_free else None
     if shots:
         pool = load_examples(dataset, task.demo_split, root=root)
         n_classes = len(task.label_words)
-        icl, cf = [], []
+        icl, cf = [], [] if content_free else None
         for q in queries:  # every prompt's demonstrations are drawn (and validated) before any forward pass
             demos = sample_demos(pool, shots, n_classes, rng, exclude=q.text)
             if label_mode == "random":
                 demos = [type(d)(d.text, rng.randrange(n_classes)) for d in demos]
             icl.append(icl_prompt(task, q.text, demos))
-            cf.append(icl_prompt(task, CONTENT_FREE_INPUT, demos))
+            if content_free:
+                cf.append(icl_prompt(task, CONTENT_FREE_INPUT, demos))
     params = {"dataset": dataset, "split": task.query_split, "demo_split": task.demo_split, "template": task.template,
               "label_words": list(task.label_words), "n_queries": n_queries, "shots": shots, "seed": seed,
-              "label_mode": label_mode, "model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype}
+              "label_mode": label_mode, **lm.identity}
     check_context_window(lm, zero + (icl or []) + (cf if content_free and shots else []),
                          f"{dataset}, {shots}-shot, {label_mode} labels")
     # zero-shot prompts do not depend on the shots or on how demonstrations are labelled: one entry for all of them
@@ -87,8 +87,7 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     zero_states = cached_states(lm, zero, zero_meta,
                                 cache_root=cache_root, batch_size=batch_size, progress=progress)
     icl_states = cf_states = None
-    cf_meta = (params if shots else {k: v for k, v in params.items() if k not in ("shots", "label_mode")}) | {
-        "kind": "content-free", "content_free_input": CONTENT_FREE_INPUT}
+    cf_meta = (params if shots else zero_meta) | {"kind": "content-free", "content_free_input": CONTENT_FREE_INPUT}
     if content_free and icl and len(set(icl)) == len(icl) and len(set(cf)) == len(cf):
         # each content-free prompt shares its query's demonstrations: computed from the in-context prompt's keys and
         # values over that prefix (cache.cached_twin_states), so the demonstrations run once
@@ -104,7 +103,7 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     return TaskStates(h_zero=zero_states.states, h_icl=icl_states.states if icl_states else None,
                       labels=torch.tensor([q.label for q in queries]), label_ids=label_ids, params=params,
                       n_forward=n_forward, zero_prompts=zero, icl_prompts=icl,
-                      h_cf=cf_states.states if cf_states else None, cf_prompts=cf if content_free else None)
+                      h_cf=cf_states.states if cf_states else None, cf_prompts=cf)
 
 
 @dataclass
@@ -141,7 +140,6 @@ def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: i
     from collections import Counter
 
     from .data import mentions
-    from .lm import check_context_window
 
     int_in_range(n_facts, "n_facts", 2, note=" (facts per relation)")
     positive_int(shots, "shots")
@@ -183,7 +181,7 @@ def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: i
     for kind, ps in prompts.items():
         check_context_window(lm, ps, f"LAMA {kind} prompts, {shots} shots")
     params = {"dataset": "lama-trex", "relations": list(relations), "n_facts": n_facts, "shots": shots, "seed": seed,
-              "demonstrations": "answer-free", "model_id": lm.model_id, "revision": lm.revision, "dtype": lm.dtype}
+              "demonstrations": "answer-free", **lm.identity}
     states, n_forward = {}, 0
     for kind, ps in prompts.items():
         cs = cached_states(lm, ps, params | {"kind": kind}, cache_root=cache_root, batch_size=batch_size,

@@ -17,7 +17,7 @@ from ._validate import _scalar, layer_indices
 from .lm import Unembed
 
 __all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "rms_form", "logit_bias",
-           "retrieved_pattern", "readout_basis", "span_fraction", "norm_matched_random", "leave_one_out_mean"]
+           "retrieved_pattern", "readout_basis", "readout_rows", "span_fraction", "norm_matched_random", "leave_one_out_mean"]
 
 CONTEXT_VARIANTS = ("difference", "icl_mean", "random_label")
 
@@ -257,14 +257,21 @@ def readout_basis(unembed: Unembed, token_ids: list[int], *, through_norm: bool 
     residual-stream directions :math:`\gamma \odot w_y` that a state moves along to raise token y's logit (the
     final norm's gain :math:`\gamma` times the unembedding row); ``False``: the rows :math:`w_y` themselves (the
     space of retrieved patterns :math:`W_U^\top p`)."""
+    q, _ = torch.linalg.qr(readout_rows(unembed, token_ids, through_norm=through_norm).T.cpu())
+    return q
+
+
+def readout_rows(unembed: Unembed, token_ids: list[int], *, through_norm: bool = True,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    r"""The tokens' readout directions ``(k, d)`` in ``dtype``: :math:`\gamma \odot w_y` (``through_norm=True``,
+    the final norm's gain times the unembedding row, when the norm has a gain) or the rows :math:`w_y`."""
     if not token_ids:
         raise ValueError("token_ids must be a non-empty list of token ids")
-    rows = unembed.weight[torch.as_tensor(token_ids, device=unembed.weight.device)].float()
+    rows = unembed.weight[torch.as_tensor(token_ids, device=unembed.weight.device)].to(dtype)
     gain = getattr(unembed.final_norm, "weight", None)
     if through_norm and gain is not None:
-        rows = rows * gain.float()
-    q, _ = torch.linalg.qr(rows.T.cpu())
-    return q
+        rows = rows * gain.to(dtype)
+    return rows
 
 
 def span_fraction(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:

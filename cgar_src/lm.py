@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ._validate import positive_int
+from ._validate import boolean, positive_int
 
 __all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "resolved_revision", "Unembed", "Patch", "PATCH_MODES",
            "hidden_states", "length_batches", "token_batches", "MAX_BATCH_TOKENS", "check_context_window",
@@ -268,8 +268,7 @@ class Unembed(nn.Module):
 
     def __init__(self, model: nn.Module, *, float32: bool = False):
         super().__init__()
-        if not isinstance(float32, bool):
-            raise ValueError(f"float32 must be True or False, got {float32!r}")
+        boolean(float32, "float32")
         norm = _final_norm(model)
         out = model.get_output_embeddings()
         if out is None:
@@ -427,6 +426,12 @@ _OOM = tuple(e for e in (getattr(torch, "OutOfMemoryError", None), getattr(torch
              if e is not None)
 
 
+def batch_budget(lm: LoadedModel, max_batch_tokens: int | None = None) -> int:
+    """The padded-token budget of a forward batch: ``max_batch_tokens``, else the model's own
+    (``lm.max_batch_tokens``), checked to be a positive integer."""
+    return positive_int(lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens, "max_batch_tokens")
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common leading run of two token lists."""
     n = 0
@@ -471,15 +476,14 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
             raise ValueError(f"twins must be a list of {len(prompts)} non-empty strings, one per prompt")
         if patch is not None:
             raise ValueError("twins cannot be combined with a patch (the twin would reuse patched keys and values)")
-    budget = lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
-    positive_int(budget, "max_batch_tokens")
+    budget = batch_budget(lm, max_batch_tokens)
     model, tok = lm.model, lm.tokenizer
     vectors = _check_patch(lm, patch, len(prompts)) if patch is not None else None
     lengths: list[int] = []
     pending = token_batches(tok, prompts, batch_size, budget, lengths_out=lengths)
     _check_lengths(lm, lengths, f"{len(prompts)} prompts")
     if twins is not None:
-        prompt_ids, twin_ids = tok(prompts)["input_ids"], tok(twins)["input_ids"]
+        twin_ids = tok(twins)["input_ids"]
         _check_lengths(lm, [len(t) for t in twin_ids], f"{len(twins)} twin prompts")
         twin_out = torch.empty(len(twins), lm.n_layers + 1, model.config.hidden_size)
     norm = _final_norm(model)
@@ -540,8 +544,10 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
                 states[:, patch.layer] = current["patched"]
             out[idx] = states
             if twins is not None:
-                _run_twins(lm, res.past_key_values, idx, [prompt_ids[i] for i in idx], [twin_ids[i] for i in idx],
-                           current, captured, twin_out)
+                # the batch's rows hold the prompts' token ids (right-padded): no second tokenization
+                prompt_ids = [input_ids[r, :int(last[r]) + 1].tolist() for r in range(len(idx))]
+                _run_twins(lm, res.past_key_values, idx, prompt_ids, [twin_ids[i] for i in idx], current, captured,
+                           twin_out)
             del res
             bar.update(len(idx))
     finally:

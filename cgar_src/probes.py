@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._validate import int_in_range, positive
+from .baselines import _labels as class_indices
 from .lm import Unembed
 
 __all__ = ["probe_correct", "lexical_probe_correct", "label_logits", "centred_lens_correct", "onset_layer", "folds"]
@@ -38,12 +39,10 @@ LEXICAL_CS = (0.1, 1.0, 10.0, 100.0)  # the grid the lexical baseline chooses it
 
 
 def _labels(labels, n: int | None = None) -> np.ndarray:
-    y = torch.as_tensor(labels)
-    if y.ndim != 1 or y.numel() == 0 or y.dtype.is_floating_point or bool((y < 0).any()):
-        raise ValueError(f"labels must be a non-empty 1-d tensor of class indices >= 0, got {tuple(y.shape)} {y.dtype}")
+    y = class_indices(labels)
     if n is not None and y.numel() != n:
         raise ValueError(f"labels must have one entry per query ({n}), got {y.numel()}")
-    return y.long().numpy()
+    return y.numpy()
 
 
 def folds(n: int, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -173,6 +172,6 @@ def onset_layer(correct: torch.Tensor, baselines: list, *, seed: int = 0) -> int
             raise ValueError(f"every baseline must have shape {tuple(a.shape[:1])} or {tuple(a.shape)}, got {tuple(b.shape)}")
         bs.append(b)
     for l in range(a.shape[1]):
-        if all((c := compare(a[:, l], b if b.ndim == 1 else b[:, l], seed=seed)).real and c.diff > 0 for b in bs):
+        if all(compare(a[:, l], b if b.ndim == 1 else b[:, l], seed=seed).better for b in bs):
             return l
     return None

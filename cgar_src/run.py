@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from ._validate import positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("model_id", "dtype", "device", "batch_size", "n_queries", "shots", "datasets", "seed", "chapters")
 ENGINE = ("device_map", "revision", "attn_implementation", "local_files_only", "max_batch_tokens")  # load_model options
@@ -45,8 +47,8 @@ def load_profile(name_or_path: str, overrides: list[str] = ()) -> dict:
     if not all(isinstance(k, int) and k >= 0 for k in prof["shots"]):
         raise ValueError(f"shots must be integers >= 0, got {prof['shots']}")
     for key in ("batch_size", "max_batch_tokens"):
-        if key in prof and not (isinstance(prof[key], int) and not isinstance(prof[key], bool) and prof[key] > 0):
-            raise ValueError(f"{key} must be a positive integer, got {prof[key]!r}")
+        if key in prof:
+            positive_int(prof[key], key)
     for ch in prof["chapters"]:
         if not (ROOT / "chapters" / f"{ch}.ipynb").exists():
             raise ValueError(f"chapter {ch!r} of the profile does not exist in chapters/")

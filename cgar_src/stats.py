@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from scipy.stats import binomtest
 
+from ._validate import confidence_level, positive_int
+
 __all__ = ["wilson", "accuracy_ci", "Comparison", "compare", "bootstrap_ci", "fmt_ci"]
 
 
@@ -35,8 +37,7 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
         raise ValueError(f"k must be an integer in [0, n = {n}], got {k!r}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    confidence_level(level)
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
     return k / n, float(ci.low), float(ci.high)
 
@@ -69,6 +70,16 @@ class Comparison:
         """The difference is called real only when its paired interval excludes 0."""
         return self.lo > 0 or self.hi < 0
 
+    @property
+    def better(self) -> bool:
+        """A really beats B: the paired interval lies above 0."""
+        return self.real and self.diff > 0
+
+    @property
+    def worse(self) -> bool:
+        """A really loses to B: the paired interval lies below 0."""
+        return self.real and self.diff < 0
+
     def __str__(self) -> str:
         return f"{self.diff:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}], McNemar p = {self.p_value:.3g}"
 
@@ -84,10 +95,8 @@ def compare(a, b, *, n_boot: int = 10000, level: float = 0.95, seed: int = 0) ->
     x, y = _binary(a, "a"), _binary(b, "b")
     if x.shape != y.shape:
         raise ValueError(f"a and b must score the same queries, got {x.size} and {y.size} entries")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    confidence_level(level)
+    positive_int(n_boot, "n_boot")
     d = x - y
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(1)
@@ -103,10 +112,8 @@ def bootstrap_ci(values: torch.Tensor, *, n_boot: int = 2000, level: float = 0.9
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
     if values.numel() == 0:
         raise ValueError("values must not be empty")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    confidence_level(level)
+    positive_int(n_boot, "n_boot")
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(values.numel(), (n_boot, values.numel()), generator=gen)
     means = values[idx].mean(1)
