@@ -1,7 +1,7 @@
 """What one command of a profile costs: wall time per stage and per chapter, tokens per second, peak memory, and the
 achieved fraction of the device's dense peak FLOP/s in the forward passes.
 
-It runs a profile as ``python -m cgar_src.run`` does (the same functions: ``cgar_src.run.extract_stage`` and
+It runs a profile as ``python -m cgar_src.book.run`` does (the same functions: ``cgar_src.book.run.extract_stage`` and
 ``run_chapter``), with a cold state cache in a work folder, and instruments it from outside:
 
 - load: ``load_model`` of the profile's model (the chapters pay it again, each in its own kernel);
@@ -47,10 +47,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cgar_src import cache as cache_mod  # noqa: E402
-from cgar_src import lens as lens_mod  # noqa: E402
+from cgar_src.lm import cache as cache_mod  # noqa: E402
+from cgar_src.analysis import lens as lens_mod  # noqa: E402
 from cgar_src.lm import token_batches  # noqa: E402
-from cgar_src.run import extract_stage, load_profile, profile_model, run_chapter  # noqa: E402
+from cgar_src.book.run import extract_stage, load_profile, profile_model, run_chapter  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
@@ -68,9 +68,9 @@ def build_random_model(name: str, folder: Path, dtype: str, device: str, tokeniz
     if (folder / "complete.json").exists():
         return folder
     if tokenizer_dir is None:
-        from cgar_src.lm import _default_model_dir
+        from cgar_src.lm import default_model_dir
 
-        tokenizer_dir = _default_model_dir()
+        tokenizer_dir = default_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     shape = RANDOM_MODELS[name]
     if len(tokenizer) > shape["vocab_size"]:
@@ -96,8 +96,8 @@ def body_matmul_weights(model: torch.nn.Module) -> int:
 
 
 class Meter:
-    """Wraps ``cgar_src.cache.hidden_states`` (what the state cache calls for every missing chunk) and
-    ``cgar_src.lens.decode_stats``: accumulated time, prompts, real and padded tokens and model FLOPs."""
+    """Wraps ``cgar_src.lm.cache.hidden_states`` (what the state cache calls for every missing chunk) and
+    ``cgar_src.analysis.lens.decode_stats``: accumulated time, prompts, real and padded tokens and model FLOPs."""
 
     def __init__(self, lm):
         self.lm, self.cuda = lm, lm.device.type == "cuda"

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from cgar_src import memory
+from cgar_src.theory import memory
 
 
 def loop_update(xi: torch.Tensor, X: torch.Tensor, beta: float, steps: int) -> torch.Tensor:

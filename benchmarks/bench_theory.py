@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cgar_src.simulate import SweepConfig, separation_sweep, separation_trial_loop
+from cgar_src.theory.simulate import SweepConfig, separation_sweep, separation_trial_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ["01b_related_memories", "02_two_stage", "03_separation", "04_phase_transition", "05_fixed_point",

@@ -1,12 +1,13 @@
 """cgar_src: the code behind the executable book on context-gated associative retrieval.
 
-Modules are named after the paper's concepts: ``memory`` (modern Hopfield network), ``gate`` (the context gate),
-``dynamics`` (gated retrieval and the self-consistent fixed point), ``simulate`` (random instances and the
-Figure 2 sweep); the transformer side: ``lm`` (models, unembedding, hidden states), ``data`` (datasets and
-prompts), ``cache`` (on-disk state cache), ``lens`` (decoding and additive retrieval). The language-model modules
-import transformers lazily: ``import cgar_src.lm``.
-"""
-from . import dynamics, gate, memory
+The package is layered; imports flow only downward (a test checks it):
 
-__all__ = ["memory", "gate", "dynamics"]
+- ``book``: the chapters' parameter validation (``params``) and the profiles (``run``, ``python -m cgar_src.book.run``).
+- ``analysis`` and ``tasks``: what the transformer chapters compute (``lens``, ``steering``, ``probes``,
+  ``baselines``, ``gate_fit``, ``stats``) and the data they compute it on (``data``, ``datafiles``, ``icl``).
+- ``lm`` and ``theory``: the language-model engine (``model``, ``unembed``, ``states``, ``cache``) and the theory of
+  context-gated retrieval (``memory``, ``gate``, ``dynamics``, ``energy``, ``simulate``, ``classic_memories``,
+  ``plotting``). ``theory`` needs neither transformers nor scikit-learn.
+- ``records`` and ``_validate``: JSON records of runs, and input checks shared by every layer.
+"""
 __version__ = "0.1.0"

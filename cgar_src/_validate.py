@@ -37,7 +37,7 @@ def as_tensor(x, name: str, *, ndim: int | Sequence[int] | None = None, dtype=No
 
 def positive(value, name: str) -> float:
     """A finite, strictly positive scalar (beta, alpha, tolerances)."""
-    v = _scalar(value, name)
+    v = scalar(value, name)
     if not v > 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return v
@@ -45,7 +45,7 @@ def positive(value, name: str) -> float:
 
 def nonnegative(value, name: str) -> float:
     """A finite scalar >= 0 (the coupling lambda, noise levels)."""
-    v = _scalar(value, name)
+    v = scalar(value, name)
     if not v >= 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
@@ -85,7 +85,7 @@ def layer_indices(layers, name: str, n: int) -> list[int]:
     return list(layers)
 
 
-def _scalar(value, name: str) -> float:
+def scalar(value, name: str) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -99,3 +99,10 @@ def _scalar(value, name: str) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return v
+
+
+def class_indices(labels, name: str = "labels") -> torch.Tensor:
+    y = torch.as_tensor(labels)
+    if y.ndim != 1 or y.numel() == 0 or y.dtype.is_floating_point or bool((y < 0).any()):
+        raise ValueError(f"{name} must be a non-empty 1-d tensor of class indices >= 0, got {tuple(y.shape)} {y.dtype}")
+    return y.long()

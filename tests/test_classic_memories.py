@@ -3,8 +3,8 @@ import pytest
 import torch
 from entmax import sparsemax
 
-from cgar_src import classic_memories as cm
-from cgar_src import dynamics, memory
+from cgar_src.theory import classic_memories as cm
+from cgar_src.theory import dynamics, memory
 
 D = torch.float64
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cgar_src import data, datafiles
-from cgar_src.datafiles import FILES, DataChecksumError
+from cgar_src.tasks import data, datafiles
+from cgar_src.tasks.datafiles import FILES, DataChecksumError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cgar_src import data
+from cgar_src.tasks import data
 from cgar_src.lm import DEFAULT_MODEL, Unembed, hidden_states, load_model
 
 
@@ -37,7 +37,7 @@ def test_unavailable_model_gets_a_clear_error(monkeypatch):
 
 
 def test_bad_input_fails_before_any_forward_pass(smol, tmp_path):
-    from cgar_src.icl import task_states
+    from cgar_src.tasks.icl import task_states
 
     for kwargs, name in [(dict(shots=5000), "shots"), (dict(dataset="imdb"), "dataset"),
                          (dict(n_queries=10**6), "n_queries"), (dict(label_mode="shuffled"), "label_mode")]:
@@ -48,7 +48,7 @@ def test_bad_input_fails_before_any_forward_pass(smol, tmp_path):
 
 
 def test_task_states_zero_and_icl(smol, tmp_path):
-    from cgar_src.icl import task_states
+    from cgar_src.tasks.icl import task_states
 
     ts = task_states(smol, "sst2", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
     assert ts.h_zero.shape == ts.h_icl.shape == (3, 31, 576) and ts.n_forward == 6
@@ -68,7 +68,7 @@ def test_task_states_reject_prompts_beyond_the_context_window(smol, tmp_path, mo
     """Prompts longer than config.max_position_embeddings fail before any forward pass or cache entry, naming the
     dataset, the shot count and the length (here with the window shrunk to 40 tokens: a 1-shot SST-2 prompt is
     longer)."""
-    from cgar_src.icl import task_states
+    from cgar_src.tasks.icl import task_states
 
     monkeypatch.setattr(smol.model.config, "max_position_embeddings", 40)
     with pytest.raises(ValueError, match=r"sst2, 1-shot, true labels: \d+ of \d+ exceed the context window .*40 "

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cgar_src import dynamics, energy, gate
+from cgar_src.theory import dynamics, energy, gate
 
 D = torch.float64
 

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from cgar_src import dynamics, gate
-from cgar_src.simulate import SweepConfig, separation_sweep, separation_trial_loop
+from cgar_src.theory import dynamics, gate
+from cgar_src.theory.simulate import SweepConfig, separation_sweep, separation_trial_loop
 
 D = torch.float64
 

@@ -1,13 +1,13 @@
-"""Tests of cgar_src.gate_fit: the models, the grid fit, cross-fitting, the gate's statistics, multi-start."""
+"""Tests of cgar_src.analysis.gate_fit: the models, the grid fit, cross-fitting, the gate's statistics, multi-start."""
 import math
 
 import pytest
 import torch
 
-from cgar_src import dynamics
-from cgar_src import gate_fit as gf
-from cgar_src.gate import gate
-from cgar_src.steering import folds_of
+from cgar_src.theory import dynamics
+from cgar_src.analysis import gate_fit as gf
+from cgar_src.theory.gate import gate
+from cgar_src.analysis.steering import folds_of
 
 GRID = {"alpha": [0.3, 1.0, 3.0], "beta": [0.5, 1.0, 2.0], "lam": [0.0, 1.0, 4.0, 16.0]}
 

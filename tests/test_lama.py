@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from cgar_src import data
-from cgar_src.data import Fact, lama_prompts, majority_share, mentions
+from cgar_src.tasks import data
+from cgar_src.tasks.data import Fact, lama_prompts, majority_share, mentions
 from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 
@@ -87,8 +87,8 @@ def test_shipped_relations_prompts_are_answer_free():
 
 
 def test_fact_states_majority_baseline_and_prompts(tiny, tmp_path):  # noqa: F811
-    from cgar_src.data import first_token_ids
-    from cgar_src.icl import fact_states
+    from cgar_src.tasks.data import first_token_ids
+    from cgar_src.tasks.icl import fact_states
 
     if data.data_dir() is None:
         pytest.skip("no local data directory")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import cgar_src.lens as lens
+import cgar_src.analysis.lens as lens
 from cgar_src.lm import Unembed
 from test_lm import tiny  # noqa: F401  (the tiny-model fixture: llama, qwen2, gpt2)
 

@@ -7,8 +7,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
 
-from cgar_src import data, lens
-from cgar_src.cache import cached_states, cached_twin_states
+from cgar_src.tasks import data
+from cgar_src.analysis import lens
+from cgar_src.lm.cache import cached_states, cached_twin_states
 from cgar_src.lm import LoadedModel, Patch, Unembed, hidden_states
 
 

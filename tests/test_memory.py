@@ -1,11 +1,11 @@
-"""Unit tests of the modern Hopfield core (cgar_src.memory): invariants and input validation."""
+"""Unit tests of the modern Hopfield core (cgar_src.theory.memory): invariants and input validation."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cgar_src import memory
+from cgar_src.theory import memory
 
 
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])

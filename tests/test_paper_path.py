@@ -4,7 +4,7 @@ for a real model), with small sizes. It guards the GPU path's dtype logic (bf16 
 dtype-dependent tolerances) without a GPU: what would break on Llama-3-8B in bf16 breaks here first.
 
 The chapter list comes from params/paper.yaml and each chapter's parameters from its own parameters cell, read at
-test time (as `python -m cgar_src.run` does), so chapters can be added or rewritten without touching this test.
+test time (as `python -m cgar_src.book.run` does), so chapters can be added or rewritten without touching this test.
 Select it alone with `python -m pytest tests/test_paper_path.py` (or `-m paper_path`).
 """
 import json
@@ -26,7 +26,7 @@ def tiny_bf16_llama(tmp_path_factory):
     the chapters pick layers as fractions of the depth, which a 2-block model collapses)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from cgar_src.lm import _default_model_dir
+    from cgar_src.lm import default_model_dir
 
     folder = tmp_path_factory.mktemp("tiny-bf16-llama")
     tokenizer = AutoTokenizer.from_pretrained(_default_model_dir())
@@ -44,9 +44,9 @@ def tiny_bf16_llama(tmp_path_factory):
 def test_every_transformer_chapter_runs_on_a_bf16_llama(tiny_bf16_llama, tmp_path, monkeypatch):
     import papermill as pm
 
-    from cgar_src import data
+    from cgar_src.tasks import data
     from cgar_src.lm import load_model
-    from cgar_src.run import ROOT, chapter_parameters, load_profile
+    from cgar_src.book.run import ROOT, chapter_parameters, load_profile
 
     if data.data_dir() is None:   # only with CGAR_DATA_DIR=hub, and the hub is offline in tests
         pytest.skip("CGAR_DATA_DIR=hub selects the Hugging Face hub, which tests never reach")
@@ -59,7 +59,7 @@ def test_every_transformer_chapter_runs_on_a_bf16_llama(tiny_bf16_llama, tmp_pat
     failures = []
     for ch in paper["chapters"]:
         source = ROOT / "chapters" / f"{ch}.ipynb"
-        params = chapter_parameters(profile, ch, tmp_path / "results")   # what `python -m cgar_src.run` passes
+        params = chapter_parameters(profile, ch, tmp_path / "results")   # what `python -m cgar_src.book.run` passes
         try:
             pm.execute_notebook(str(source), str(tmp_path / f"{ch}.ipynb"), parameters=params,
                                 cwd=str(ROOT / "chapters"), progress_bar=False, kernel_name="python3")
@@ -83,8 +83,8 @@ def test_bench_gpu_runs_on_a_tiny_random_model(tmp_path, capsys, monkeypatch):
     one dataset, shots 0 and 1, one chapter; its accounting must be consistent (tokens, FLOPs, stages)."""
     import importlib.util
 
-    from cgar_src import data
-    from cgar_src.run import ROOT
+    from cgar_src.tasks import data
+    from cgar_src.book.run import ROOT
 
     if data.data_dir() is None:
         pytest.skip("no local data directory")

@@ -9,7 +9,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from cgar_src.params import RULES, check, rule_for, validate_parameters
+from cgar_src.book.params import RULES, check, rule_for, validate_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
@@ -70,7 +70,7 @@ def test_defaults_of_every_chapter_pass():
 def test_every_declared_parameter_has_a_rule():
     missing = {nb.name: [n for n in declared(nb) if rule_for(n) is None] for nb in CHAPTERS}
     missing = {k: v for k, v in missing.items() if v}
-    assert not missing, f"parameters without a rule in cgar_src.params.RULES: {missing}"
+    assert not missing, f"parameters without a rule in cgar_src.book.params.RULES: {missing}"
 
 
 def test_registry_is_alphabetical():
@@ -113,7 +113,7 @@ def test_validation_cell_follows_parameters(nb):
     cells = json.loads(nb.read_text())["cells"]
     i = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
     nxt = "".join(cells[i + 1]["source"])
-    assert "from cgar_src.params import validate_parameters" in nxt and "validate_parameters(globals())" in nxt, (
+    assert "from cgar_src.book.params import validate_parameters" in nxt and "validate_parameters(globals())" in nxt, (
         f"{nb.name}: the cell after `parameters` must call validate_parameters(globals())")
 
 

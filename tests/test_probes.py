@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.model_selection import KFold
 
-from cgar_src import lens, probes
+from cgar_src.analysis import lens, probes
 from cgar_src.lm import Unembed, hidden_states
 from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from cgar_src.run import load_profile
+from cgar_src.book.run import load_profile
 
 
 def test_profiles_load_and_validate():
@@ -21,10 +21,10 @@ def test_profiles_load_and_validate():
 
 def test_profile_chapters_declare_the_engine_parameters():
     """Every transformer chapter of a profile has a papermill parameters cell that takes the model settings and an
-    output folder, so `python -m cgar_src.run --profile paper` can re-point it to Llama-3 on a GPU."""
+    output folder, so `python -m cgar_src.book.run --profile paper` can re-point it to Llama-3 on a GPU."""
     import papermill as pm
 
-    from cgar_src.run import ROOT
+    from cgar_src.book.run import ROOT
 
     for name in ("cpu", "paper"):
         for ch in load_profile(name)["chapters"]:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cgar_src import baselines, stats
+from cgar_src.analysis import baselines, stats
 from cgar_src.lm import Unembed
 
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from cgar_src import lens, steering
+from cgar_src.analysis import lens, steering
 from cgar_src.lm import Patch, Unembed, hidden_states
-from cgar_src.probes import probe_correct
+from cgar_src.analysis.probes import probe_correct
 from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
 
 
@@ -157,7 +157,7 @@ def test_probe_finds_the_informative_layer():
 
 
 def test_fact_states_shapes_and_validation(tiny, tmp_path):
-    from cgar_src.icl import fact_states
+    from cgar_src.tasks.icl import fact_states
 
     fs = fact_states(tiny, ["P30", "P37"], n_facts=3, shots=2, seed=1, cache_root=tmp_path, progress=False)
     assert fs.h_zero.shape == fs.h_pos.shape == fs.h_neg.shape == (6, tiny.n_layers + 1, 64)
@@ -188,7 +188,7 @@ def test_length_batches():
 
 
 def test_patched_states_are_cached_by_patch(tiny, tmp_path):
-    from cgar_src.cache import cached_states
+    from cgar_src.lm.cache import cached_states
 
     v1, v2 = torch.ones(64), -torch.ones(64)
     a = cached_states(tiny, PROMPTS, {"t": 1}, cache_root=tmp_path, progress=False, patch=Patch(1, v1))

@@ -1,4 +1,4 @@
-"""Run the transformer experiments under a parameter profile: ``python -m cgar_src.run --profile cpu``.
+"""Run the transformer experiments under a parameter profile: ``python -m cgar_src.book.run --profile cpu``.
 
 For every dataset and shot count of the profile it extracts (or reuses from the cache) the zero-shot and k-shot
 states, writes the per-layer logit-lens summary (accuracy, N_eff, label mass) with its parameters as JSON into
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from ._validate import positive_int
+from .._validate import positive_int
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = ("model_id", "dtype", "device", "batch_size", "n_queries", "shots", "datasets", "seed", "chapters")
 ENGINE = ("device_map", "revision", "attn_implementation", "local_files_only", "max_batch_tokens")  # load_model options
 
@@ -39,7 +39,7 @@ def load_profile(name_or_path: str, overrides: list[str] = ()) -> dict:
     missing = [k for k in REQUIRED if k not in prof]
     if missing:
         raise ValueError(f"profile {path} lacks {missing}")
-    from .data import TASKS
+    from ..tasks.data import TASKS
 
     bad = [d for d in prof["datasets"] if d not in TASKS]
     if bad:
@@ -57,7 +57,7 @@ def load_profile(name_or_path: str, overrides: list[str] = ()) -> dict:
 
 def profile_model(prof: dict):
     """The profile's model, loaded with its engine options (:data:`ENGINE`) by :func:`cgar_src.lm.load_model`."""
-    from .lm import load_model
+    from ..lm import load_model
 
     return load_model(prof["model_id"], dtype=prof["dtype"], device=prof["device"],
                       **{k: prof[k] for k in ENGINE if prof.get(k) is not None})
@@ -66,11 +66,11 @@ def profile_model(prof: dict):
 def extract_stage(lm, unembed, prof: dict, dataset: str, shots: int, out: Path, *, progress: bool = True):
     """One stage of a profile: the states of ``dataset`` with ``shots`` demonstrations per class (from the cache or
     computed) and their per-layer logit-lens summary (accuracy, median N_eff, mean label mass), written with the
-    parameters as JSON into ``<out>/<dataset>_k<shots>/``. Returns the :class:`~cgar_src.icl.TaskStates`, the
+    parameters as JSON into ``<out>/<dataset>_k<shots>/``. Returns the :class:`~cgar_src.tasks.icl.TaskStates`, the
     summary and the folder."""
-    from . import lens
-    from .icl import task_states
-    from .records import save_run
+    from ..analysis import lens
+    from ..tasks.icl import task_states
+    from ..records import save_run
 
     ts = task_states(lm, dataset, n_queries=prof["n_queries"], shots=shots, seed=prof["seed"],
                      batch_size=prof["batch_size"], progress=progress)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(err))
     out = Path(args.out or ROOT / "results" / prof.get("profile", Path(args.profile).stem))
 
-    from .lm import Unembed
+    from ..lm import Unembed
 
     lm = profile_model(prof)
     unembed = Unembed(lm.model)

@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 
 from . import lens
-from ._validate import int_in_range, layer_indices
-from .cache import cached_states
-from .lm import LoadedModel, Patch, Unembed
+from .._validate import int_in_range, layer_indices
+from ..lm.cache import cached_states
+from ..lm import LoadedModel, Patch, Unembed
 
 __all__ = ["HeldOut", "folds_of", "heldout_additive", "heldout_task_vector"]
 
@@ -52,7 +52,7 @@ def heldout_additive(unembed: Unembed, h_zero: torch.Tensor, h_icl: torch.Tensor
     held-out fold: the accuracy at that setting, and of a random direction with the norm of :math:`\bar c^{(l)}`
     (seeded) at the same setting. ``h_icl`` may hold random-label ICL states (the random-label baseline).
     ``transform`` maps the fold's :math:`\bar c` ``(L+1, d)`` to the vector actually added (e.g. the label-prior
-    vector with the norms of :math:`\bar c`, :func:`cgar_src.baselines.label_prior_vector`); it is fitted and scored
+    vector with the norms of :math:`\bar c`, :func:`cgar_src.analysis.baselines.label_prior_vector`); it is fitted and scored
     the same way."""
     if h_zero.shape != h_icl.shape or h_zero.shape[0] != labels.shape[0]:
         raise ValueError(f"h_zero {tuple(h_zero.shape)}, h_icl {tuple(h_icl.shape)} and labels {tuple(labels.shape)} "
@@ -88,7 +88,7 @@ def heldout_task_vector(lm: LoadedModel, unembed: Unembed, zero_prompts: list[st
     """Cross-fitted task-vector patch: on each fitting fold, the task vector at layer l is the mean ICL state
     :math:`\\mathrm{mean}\\,h_{ICL}^{(l)}`; the layer whose patch gives the fitting fold's zero-shot prompts the highest
     final-layer accuracy is chosen, then the held-out prompts are run with that patch. Patched states are cached
-    (:func:`cgar_src.cache.cached_states`, keyed by the patch)."""
+    (:func:`cgar_src.lm.cache.cached_states`, keyed by the patch)."""
     if len(zero_prompts) != h_icl.shape[0] or labels.shape[0] != h_icl.shape[0]:
         raise ValueError(f"zero_prompts ({len(zero_prompts)}), h_icl {tuple(h_icl.shape)} and labels "
                          f"{tuple(labels.shape)} must have one entry per query")

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import cached_states, cached_twin_states
-from ._validate import boolean, int_in_range, positive_int
+from ..lm.cache import cached_states, cached_twin_states
+from .._validate import boolean, int_in_range, positive_int
 from .data import (TASKS, first_token_ids, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts,
                    sample_demos)
-from .lm import LoadedModel, check_context_window
+from ..lm import LoadedModel, check_context_window
 
 __all__ = ["TaskStates", "task_states", "LABEL_MODES", "CONTENT_FREE_INPUT", "FactStates", "fact_states"]
 
@@ -48,7 +48,7 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
     the template with the input :data:`CONTENT_FREE_INPUT` (one shared prompt when ``shots=0``), the prompt that
     contextual calibration (Zhao et al. 2021) and the gate chapter read the context from. With shots, the content-free
     prompts reuse the in-context prompts' keys and values over the shared demonstrations
-    (:func:`cgar_src.cache.cached_twin_states`): their cost is a few tokens each, not a second pass over the
+    (:func:`cgar_src.lm.cache.cached_twin_states`): their cost is a few tokens each, not a second pass over the
     demonstrations."""
     if dataset not in TASKS:
         raise ValueError(f"dataset must be one of {sorted(TASKS)}, got {dataset!r}")
@@ -130,12 +130,12 @@ def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: i
                 cache_root=None, batch_size: int = 8, progress: bool = True) -> FactStates:
     r"""States for ``n_facts`` seeded facts of each relation (book chapter ``09_factual_steering``).
 
-    Demonstrations never contain the query's answer (:func:`cgar_src.data.lama_prompts` with the object's first
+    Demonstrations never contain the query's answer (:func:`cgar_src.tasks.data.lama_prompts` with the object's first
     token as the answer key, or the object itself where that token is only whitespace). ``majority_ids[i]`` is
     :math:`\arg\max_t \#\{f' \ne f_i : \mathrm{tok}(f') = t\}` over the facts of fact i's relation: the constant
     answer a reader would guess from the demonstration pool. ``context_mask[i, j]`` is True when fact j is another
     fact of i's relation and no demonstration line of j's positive or negative prompt mentions i's object
-    (:func:`cgar_src.data.mentions`): a context vector for fact i averaged over those j,
+    (:func:`cgar_src.tasks.data.mentions`): a context vector for fact i averaged over those j,
     :math:`\bar c_i = \sum_j M_{ij}(h_j - h_{zero,j}) / \sum_j M_{ij}`, has never seen i's answer either."""
     from collections import Counter
 

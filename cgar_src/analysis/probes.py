@@ -15,7 +15,7 @@ Figure 7).
   the mean over the queries of the *other* folds. A raw lens that answers one constant label at a layer (its
   accuracy then equals that label's base rate) is told apart from a layer that holds no aligned label information.
 * :func:`onset_layer`: the first layer at which a readout really beats every baseline (paired 95% interval of the
-  difference above 0, :func:`cgar_src.stats.compare`).
+  difference above 0, :func:`cgar_src.analysis.stats.compare`).
 """
 from __future__ import annotations
 
@@ -29,9 +29,8 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from ._validate import int_in_range, positive
-from .baselines import _labels as class_indices
-from .lm import Unembed
+from .._validate import class_indices, int_in_range, positive
+from ..lm import Unembed
 
 __all__ = ["probe_correct", "lexical_probe_correct", "label_logits", "centred_lens_correct", "onset_layer", "folds"]
 
@@ -123,7 +122,7 @@ def _nested(X: np.ndarray, y: np.ndarray, cv, Cs: tuple, inner_folds: int, seed:
 def label_logits(unembed: Unembed, states: torch.Tensor, label_token_ids: list[int]) -> torch.Tensor:
     r"""Logit lens on the label tokens only: :math:`z_y = w_y^\top \mathrm{Norm}_{final}(h)` for states
     ``(..., d)``; returns ``(..., n_labels)`` in float32 (the label columns of
-    :func:`cgar_src.lens.decode_stats`, without the full-vocabulary pass)."""
+    :func:`cgar_src.analysis.lens.decode_stats`, without the full-vocabulary pass)."""
     W = unembed.weight
     if states.ndim < 1 or states.shape[-1] != W.shape[1]:
         raise ValueError(f"states must end in the hidden size {W.shape[1]}, got {tuple(states.shape)}")
@@ -156,7 +155,7 @@ def centred_lens_correct(label_logits: torch.Tensor, labels, *, n_folds: int = 5
 def onset_layer(correct: torch.Tensor, baselines: list, *, seed: int = 0) -> int | None:
     r"""The first layer :math:`l` at which the readout ``correct`` ``(P, L+1)`` *really* beats every baseline: for
     each baseline (``(P,)``, the same at every layer, or ``(P, L+1)``), the paired-bootstrap 95% interval of
-    :math:`\mathrm{mean}_i(a_i^{(l)} - b_i^{(l)})` lies above 0 (:func:`cgar_src.stats.compare`). ``None`` when no
+    :math:`\mathrm{mean}_i(a_i^{(l)} - b_i^{(l)})` lies above 0 (:func:`cgar_src.analysis.stats.compare`). ``None`` when no
     layer does. A scan over layers: one layer passing by chance is likelier than at a single pre-chosen layer."""
     from .stats import compare
 

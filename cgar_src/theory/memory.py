@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validate import as_tensor, positive, positive_int
+from .._validate import as_tensor, positive, positive_int
 
 __all__ = [
     "lse",

@@ -1,9 +1,9 @@
 """Datasets and prompts for the transformer chapters: SST-2, AG-News, TREC (6 coarse classes), LAMA T-REx.
 
-Records come from the repository's ``data/`` folder (``cgar_src.datafiles``: every file checked against its sha256
+Records come from the repository's ``data/`` folder (``cgar_src.tasks.datafiles``: every file checked against its sha256
 on first use), or from another copy with the same layout (``root`` argument, else ``$CGAR_DATA_DIR``). The Hugging
 Face hub is an explicit option only (``root="hub"`` or ``CGAR_DATA_DIR=hub``, parquet at the revisions of
-``cgar_src.datafiles.HUB``); its copies come from other sources in another order, so samples differ. Templates map a text to a prompt whose
+``cgar_src.tasks.datafiles.HUB``); its copies come from other sources in another order, so samples differ. Templates map a text to a prompt whose
 continuation is a label word; each label word's first token must be distinct for the model's tokenizer.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def data_dir(path: str | os.PathLike | None = None) -> Path | None:
     """The data directory to read: ``path``, else ``$CGAR_DATA_DIR``, else the repository's ``data/`` (the copies
     the book's outputs come from). ``"hub"`` (as ``path`` or ``$CGAR_DATA_DIR``) returns None: the Hugging Face hub,
     whose copies give other samples."""
-    from cgar_src.datafiles import bundled_dir
+    from cgar_src.tasks.datafiles import bundled_dir
 
     for name, value in (("root", path), ("CGAR_DATA_DIR", os.environ.get("CGAR_DATA_DIR") or None)):
         if value is None:
@@ -85,7 +85,7 @@ def _task(name: str) -> Task:
 
 
 def _local(task: Task, split: str, root: Path) -> list[Example]:
-    from cgar_src.datafiles import open_text  # checks each file's sha256 (once per process)
+    from cgar_src.tasks.datafiles import open_text  # checks each file's sha256 (once per process)
 
     if task.name == "sst2":
         fname = {"train": "stsa.binary.train", "test": "stsa.binary.test", "validation": "stsa.binary.dev"}[split]
@@ -110,10 +110,10 @@ def _parity(rows: list[Example], split: str) -> list[Example]:
 
 
 def _hub(task: Task, split: str) -> list[Example]:
-    """The explicit online path: the hub's parquet copy at ``cgar_src.datafiles.HUB``'s revision (other samples)."""
+    """The explicit online path: the hub's parquet copy at ``cgar_src.tasks.datafiles.HUB``'s revision (other samples)."""
     from datasets import load_dataset
 
-    from cgar_src.datafiles import HUB
+    from cgar_src.tasks.datafiles import HUB
 
     src = HUB[task.name]
     hub_split = {"test-even": "test", "test-odd": "test"}.get(split, split)
@@ -137,7 +137,7 @@ def load_facts(relations: list[str] | None = None, *, root: str | os.PathLike | 
     """LAMA T-REx facts (``data/lama``; with ``root="hub"``, ``facebook/lama`` config ``trex`` from the hub)."""
     root = data_dir(root)
     if root is not None:
-        from cgar_src.datafiles import open_text  # checks each file's sha256 (once per process)
+        from cgar_src.tasks.datafiles import open_text  # checks each file's sha256 (once per process)
 
         rel = {r["relation"]: r["template"]
                for r in map(json.loads, open_text(root, "lama/relations.jsonl", encoding="utf-8"))}
@@ -146,7 +146,7 @@ def load_facts(relations: list[str] | None = None, *, root: str | os.PathLike | 
     else:
         from datasets import load_dataset
 
-        from cgar_src.datafiles import HUB
+        from cgar_src.tasks.datafiles import HUB
 
         src = HUB["lama"]
         ds = load_dataset(src.repo, src.config, split="train", revision=src.revision)

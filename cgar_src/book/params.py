@@ -83,7 +83,7 @@ def _nonempty_str(what: str) -> Rule:
 
 
 def _task_names() -> tuple[str, ...]:
-    from cgar_src.data import TASKS  # a light import: no datasets, no model
+    from cgar_src.tasks.data import TASKS  # a light import: no datasets, no model
     return tuple(sorted(TASKS))
 
 
@@ -125,8 +125,8 @@ RULES: dict[str, Rule] = {
     "d": _int(1, what=" (pattern dimension)"),
     "d_curve": _int(1, what=" (pattern dimension of the accuracy curves)"),
     "dam_n": _int(2, what=" (degree of the polynomial dense associative memory)"),
-    "dataset": Rule(f"one of the datasets in cgar_src.data.TASKS {list(_task_names())}", _dataset),
-    "datasets": _list(_dataset, f"dataset names from cgar_src.data.TASKS {list(_task_names())}", unique=True),
+    "dataset": Rule(f"one of the datasets in cgar_src.tasks.data.TASKS {list(_task_names())}", _dataset),
+    "datasets": _list(_dataset, f"dataset names from cgar_src.tasks.data.TASKS {list(_task_names())}", unique=True),
     "device": Rule("'cpu', 'mps', 'cuda' or 'cuda:N'", lambda v: isinstance(v, str) and bool(_DEVICE.match(v))),
     "device_map": Rule(f"None, one of {list(_DEVICE_MAPS)} or a dict of module names to devices",
                        lambda v: v is None or (isinstance(v, str) and v in _DEVICE_MAPS) or isinstance(v, dict)),
@@ -202,7 +202,7 @@ def check(name: str, value: Any) -> None:
     """Check one parameter; ``ValueError`` naming ``name`` if it has no rule or its value breaks the rule."""
     rule = rule_for(name)
     if rule is None:
-        raise ValueError(f"parameter {name} has no validation rule in cgar_src.params.RULES")
+        raise ValueError(f"parameter {name} has no validation rule in cgar_src.book.params.RULES")
     rule.check(name, value)
 
 

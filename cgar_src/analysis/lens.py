@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import _scalar, layer_indices
-from .lm import Unembed
+from .._validate import scalar, layer_indices
+from ..lm import Unembed
 
 __all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "rms_form", "logit_bias",
            "retrieved_pattern", "readout_basis", "readout_rows", "span_fraction", "norm_matched_random", "leave_one_out_mean"]
@@ -209,7 +209,7 @@ def additive_retrieval(unembed: Unembed, h_zero: torch.Tensor, c_bar: torch.Tens
     layer_indices(query_layers, "query_layers", n_layers)
     if c_bar.shape not in (h_zero.shape[1:], h_zero.shape):
         raise ValueError(f"c_bar must have shape {tuple(h_zero.shape[1:])} or {tuple(h_zero.shape)}, got {tuple(c_bar.shape)}")
-    lam = torch.tensor([_scalar(x, "lambdas") for x in lambdas], dtype=h_zero.dtype)
+    lam = torch.tensor([scalar(x, "lambdas") for x in lambdas], dtype=h_zero.dtype)
     if lam.numel() == 0:
         raise ValueError("lambdas must be a non-empty list of finite numbers")
     c_bar = c_bar if c_bar.ndim == 3 else c_bar[None]

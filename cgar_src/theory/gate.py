@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from entmax import sparsemax
 
-from ._validate import as_tensor, positive
+from .._validate import as_tensor, positive
 
 GateKind = Literal["sparsemax", "softmax"]
 GATE_KINDS = ("sparsemax", "softmax")
@@ -28,7 +28,7 @@ GATE_KINDS = ("sparsemax", "softmax")
 __all__ = ["gate", "eta", "gate_jacobian", "alpha_crit", "sparsemax_threshold", "peak_gate_curve", "GATE_KINDS"]
 
 
-def _kind(kind: str) -> str:
+def check_kind(kind: str) -> str:
     if kind not in GATE_KINDS:
         raise ValueError(f"kind must be one of {GATE_KINDS}, got {kind!r}")
     return kind
@@ -36,10 +36,10 @@ def _kind(kind: str) -> str:
 
 def gate(u, alpha: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r"""The gate :math:`G_\alpha(u)` on the last axis of ``u`` (a point of the simplex per row)."""
-    return _gate(as_tensor(u, "u"), positive(alpha, "alpha"), _kind(kind))
+    return gate_unchecked(as_tensor(u, "u"), positive(alpha, "alpha"), check_kind(kind))
 
 
-def _gate(u: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+def gate_unchecked(u: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
     """:func:`gate` without input validation, for inner loops whose inputs were validated once."""
     if kind == "sparsemax":
         # entmax partial-sorts the top k entries and redoes rows whose support is larger with a doubled k: k = 16
@@ -52,7 +52,7 @@ def _gate(u: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
 
 def eta(alpha: float, kind: GateKind = "sparsemax") -> float:
     r"""Strong-convexity modulus :math:`\eta(\alpha)` of the regulariser; :math:`G_\alpha` is :math:`1/\eta`-Lipschitz."""
-    _kind(kind)
+    check_kind(kind)
     return positive(alpha, "alpha")
 
 

@@ -66,7 +66,7 @@ _VERIFIED: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_n
 
 def bundled_dir() -> Path:
     """The data shipped with the code: the repository's ``data/`` in a clone, else the installed ``bookdata``."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]   # the cgar_src folder
     repo = here.parent / "data"
     if (repo / "SHA256SUMS").is_file():
         return repo

@@ -1,7 +1,7 @@
 r"""Baselines that a claim about in-context learning has to beat (book: chapters 07-12).
 
 All take per-query quantities already computed from cached states (no forward passes) and return per-query
-correctness ``(P,)`` as float64 0/1, so that :func:`cgar_src.stats.compare` can pair them with any method.
+correctness ``(P,)`` as float64 0/1, so that :func:`cgar_src.analysis.stats.compare` can pair them with any method.
 
 * :func:`majority_correct`: always answer one class, the most frequent one of a reference set of labels (the
   evaluated queries themselves: the best constant answer in hindsight; or the demonstration pool: its prior);
@@ -19,27 +19,23 @@ from __future__ import annotations
 import torch
 
 from .lens import readout_rows
-from .lm import Unembed
+from .._validate import class_indices
+from ..lm import Unembed
 
 __all__ = ["majority_class", "majority_correct", "label_restricted_correct", "calibrated_predictions",
            "calibrated_correct", "label_prior_vector", "VERDICTS", "additive_verdict"]
 
 
-def _labels(labels, name: str = "labels") -> torch.Tensor:
-    y = torch.as_tensor(labels)
-    if y.ndim != 1 or y.numel() == 0 or y.dtype.is_floating_point or bool((y < 0).any()):
-        raise ValueError(f"{name} must be a non-empty 1-d tensor of class indices >= 0, got {tuple(y.shape)} {y.dtype}")
-    return y.long()
 
 
 def majority_class(reference) -> int:
     """The most frequent class of ``reference`` (ties: the smallest class index)."""
-    return int(torch.bincount(_labels(reference, "reference")).argmax())
+    return int(torch.bincount(class_indices(reference, "reference")).argmax())
 
 
 def majority_correct(labels, reference=None) -> torch.Tensor:
     """Correctness of always answering the majority class of ``reference`` (default: ``labels`` themselves)."""
-    y = _labels(labels)
+    y = class_indices(labels)
     c = majority_class(y if reference is None else reference)
     return (y == c).double()
 
@@ -55,7 +51,7 @@ def _logits(z, labels: torch.Tensor, name: str) -> torch.Tensor:
 
 def label_restricted_correct(label_logits, labels) -> torch.Tensor:
     """Correctness of the argmax over the label tokens' logits ``(P, n_labels)``."""
-    y = _labels(labels)
+    y = class_indices(labels)
     return (_logits(label_logits, y, "label_logits").argmax(-1) == y).double()
 
 
@@ -72,7 +68,7 @@ def calibrated_predictions(label_logits, cf_label_logits) -> torch.Tensor:
 
 def calibrated_correct(label_logits, cf_label_logits, labels) -> torch.Tensor:
     """Correctness of :func:`calibrated_predictions`."""
-    y = _labels(labels)
+    y = class_indices(labels)
     _logits(label_logits, y, "label_logits")
     return (calibrated_predictions(label_logits, cf_label_logits) == y).double()
 
@@ -80,7 +76,7 @@ def calibrated_correct(label_logits, cf_label_logits, labels) -> torch.Tensor:
 def label_prior_vector(unembed: Unembed, label_token_ids: list[int], norms: torch.Tensor) -> torch.Tensor:
     r"""The minimum-norm residual direction :math:`v` with :math:`R v \propto \mathbf 1`, where the rows of R are
     the labels' readout directions :math:`\gamma \odot w_y` (final-norm gain times unembedding row, as in
-    :func:`cgar_src.lens.readout_basis`): to first order it raises every label's logit by the same amount and
+    :func:`cgar_src.analysis.lens.readout_basis`): to first order it raises every label's logit by the same amount and
     carries no preference among the labels. Scaled to each of ``norms`` (e.g. ``c_bar.norm(dim=-1)``, shape
     ``(L+1,)``); returns ``norms.shape + (d,)``."""
     if not label_token_ids:
@@ -97,7 +93,7 @@ VERDICTS = ("supported", "partly", "label-set prior only", "not reproduced")
 
 def additive_verdict(vs_majority, vs_label_prior, vs_simple) -> str:
     """The verdict ladder of the context-vector chapters (08 in-sample, 11 held out), from paired comparisons
-    (:class:`cgar_src.stats.Comparison`) of the context vector against the majority answer, the label-prior vector and
+    (:class:`cgar_src.analysis.stats.Comparison`) of the context vector against the majority answer, the label-prior vector and
     the strongest simple baseline: not really better than the majority answer -> "not reproduced"; than the
     label-prior vector -> "label-set prior only"; than the simple baseline -> "partly"; else "supported"."""
     return ("not reproduced" if not vs_majority.better else "label-set prior only" if not vs_label_prior.better

@@ -9,7 +9,7 @@ and gate penalisation alpha,
 with :math:`\Omega_\alpha(g) = \tfrac{\alpha}{2}\|g\|^2` (sparsemax gate) or :math:`\alpha\sum_i g_i\log g_i`
 (entropic gate). Its block minimisers are :math:`p = \mathrm{softmax}(\beta(s_q + \lambda g))` and
 :math:`g = G_\alpha(s_c + \lambda p)`, so the fixed-point iteration :math:`p \leftarrow \Phi(p)` of
-:mod:`cgar_src.dynamics` is exact alternating minimisation of F. On the tangent space of the two simplices its
+:mod:`cgar_src.theory.dynamics` is exact alternating minimisation of F. On the tangent space of the two simplices its
 Hessian is :math:`[[\beta^{-1}\mathrm{diag}(1/p), -\lambda I], [-\lambda I, \nabla^2\Omega_\alpha(g)]]`.
 
 All functions act on the last axis and broadcast over leading (batch) axes unless stated otherwise.
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validate import as_tensor, nonnegative, positive, positive_int
-from .dynamics import _scores, phi, phi_jacobian
-from .gate import GateKind, _gate, _kind
+from .._validate import as_tensor, nonnegative, positive, positive_int
+from .dynamics import check_scores, phi, phi_jacobian
+from .gate import GateKind, gate_unchecked, check_kind
 
 __all__ = [
     "coupled_energy",
@@ -46,7 +46,7 @@ __all__ = [
 
 
 def _params(alpha, beta, lam, kind):
-    return positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam"), _kind(kind)
+    return positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam"), check_kind(kind)
 
 
 def _xlogx(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def _simplex(x, name: str, dtype=None) -> torch.Tensor:
 
 def regulariser(g, alpha: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r""":math:`\Omega_\alpha(g)`: :math:`\tfrac{\alpha}{2}\|g\|^2` (sparsemax) or :math:`\alpha\sum_i g_i\log g_i` (entropic)."""
-    alpha, kind = positive(alpha, "alpha"), _kind(kind)
+    alpha, kind = positive(alpha, "alpha"), check_kind(kind)
     return _omega(as_tensor(g, "g"), alpha, kind)
 
 
@@ -74,7 +74,7 @@ def _omega(g: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
 def coupled_energy(p, g, s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r"""The coupled energy :math:`F(p, g)` of chapter ``05b_coupled_energy`` (one value per batch entry)."""
     alpha, beta, lam, kind = _params(alpha, beta, lam, kind)
-    s_q, s_c = _scores(s_q, s_c)
+    s_q, s_c = check_scores(s_q, s_c)
     p, g = _simplex(p, "p", s_q.dtype), _simplex(g, "g", s_q.dtype)
     if p.shape[-1] != s_q.shape[-1] or g.shape[-1] != s_q.shape[-1]:
         raise ValueError(f"p and g must have N = {s_q.shape[-1]} entries on the last axis, got {tuple(p.shape)}, {tuple(g.shape)}")
@@ -90,7 +90,7 @@ def reduced_energy(g, s_q, s_c, alpha: float, beta: float, lam: float, kind: Gat
     r""":math:`\min_p F(p, g) = -\beta^{-1}\log\sum_i e^{\beta(s_{q,i} + \lambda g_i)} - \langle g, s_c\rangle + \Omega_\alpha(g)`:
     the gate's energy once retrieval has equilibrated (the minimiser is :math:`p = \mathrm{softmax}(\beta(s_q + \lambda g))`)."""
     alpha, beta, lam, kind = _params(alpha, beta, lam, kind)
-    s_q, s_c = _scores(s_q, s_c)
+    s_q, s_c = check_scores(s_q, s_c)
     g = _simplex(g, "g", s_q.dtype)
     return -torch.logsumexp(beta * (s_q + lam * g), -1) / beta - (g * s_c).sum(-1) + _omega(g, alpha, kind)
 
@@ -98,15 +98,15 @@ def reduced_energy(g, s_q, s_c, alpha: float, beta: float, lam: float, kind: Gat
 def best_p(g, s_q, beta: float, lam: float) -> torch.Tensor:
     r""":math:`\arg\min_p F(p, g) = \mathrm{softmax}(\beta(s_q + \lambda g))` (Gibbs variational principle)."""
     beta, lam = positive(beta, "beta"), nonnegative(lam, "lam")
-    s_q, g = _scores(s_q, g)
+    s_q, g = check_scores(s_q, g)
     return torch.softmax(beta * (s_q + lam * g), -1)
 
 
 def best_g(p, s_c, alpha: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r""":math:`\arg\min_g F(p, g) = G_\alpha(s_c + \lambda p)` (definition of the gate as a penalised argmax)."""
-    alpha, lam, kind = positive(alpha, "alpha"), nonnegative(lam, "lam"), _kind(kind)
-    s_c, p = _scores(s_c, p)
-    return _gate(s_c + lam * p, alpha, kind)
+    alpha, lam, kind = positive(alpha, "alpha"), nonnegative(lam, "lam"), check_kind(kind)
+    s_c, p = check_scores(s_c, p)
+    return gate_unchecked(s_c + lam * p, alpha, kind)
 
 
 def alternating_trace(p0, s_q, s_c, alpha: float, beta: float, lam: float, *, kind: GateKind = "sparsemax",
@@ -118,19 +118,19 @@ def alternating_trace(p0, s_q, s_c, alpha: float, beta: float, lam: float, *, ki
     ``(..., 2 n_steps + 1)``, and the last iterate :math:`p_{n}` (equal to :math:`\Phi^n(p_0)`)."""
     alpha, beta, lam, kind = _params(alpha, beta, lam, kind)
     n_steps = positive_int(n_steps, "n_steps")
-    s_q, s_c = _scores(s_q, s_c)
+    s_q, s_c = check_scores(s_q, s_c)
     p = _simplex(p0, "p0", s_q.dtype)
     try:
         shape = torch.broadcast_shapes(p.shape, s_q.shape)
     except RuntimeError:
         raise ValueError(f"p0 {tuple(p.shape)} must broadcast against the scores {tuple(s_q.shape)}") from None
     p, s_q, s_c = p.expand(shape).clone(), s_q.expand(shape), s_c.expand(shape)
-    g = _gate(s_c + lam * p, alpha, kind)
+    g = gate_unchecked(s_c + lam * p, alpha, kind)
     values = [_energy(p, g, s_q, s_c, alpha, beta, lam, kind)]
     for _ in range(n_steps):
         p = torch.softmax(beta * (s_q + lam * g), -1)
         values.append(_energy(p, g, s_q, s_c, alpha, beta, lam, kind))
-        g = _gate(s_c + lam * p, alpha, kind)
+        g = gate_unchecked(s_c + lam * p, alpha, kind)
         values.append(_energy(p, g, s_q, s_c, alpha, beta, lam, kind))
     return torch.stack(values, -1), p
 
@@ -223,10 +223,10 @@ def kkt_residual(p, g, s_q, s_c, alpha: float, beta: float, lam: float, kind: Ga
     r"""Stationarity residual of (p, g): :math:`\max(\|p - \mathrm{softmax}(\beta(s_q + \lambda g))\|_\infty,
     \|g - G_\alpha(s_c + \lambda p)\|_\infty)`. Zero exactly at the KKT points of F on the product of simplices."""
     alpha, beta, lam, kind = _params(alpha, beta, lam, kind)
-    s_q, s_c = _scores(s_q, s_c)
+    s_q, s_c = check_scores(s_q, s_c)
     p, g = as_tensor(p, "p", dtype=s_q.dtype), as_tensor(g, "g", dtype=s_q.dtype)
     rp = (p - torch.softmax(beta * (s_q + lam * g), -1)).abs().amax(-1)
-    rg = (g - _gate(s_c + lam * p, alpha, kind)).abs().amax(-1)
+    rg = (g - gate_unchecked(s_c + lam * p, alpha, kind)).abs().amax(-1)
     return torch.maximum(rp, rg)
 
 
@@ -258,7 +258,7 @@ def classify(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind 
     p = as_tensor(p, "p", ndim=1, dtype=s_q.dtype)
     s_c = s_c.to(s_q.dtype)
     u = s_c + lam * p
-    g = _gate(u, alpha, kind)
+    g = gate_unchecked(u, alpha, kind)
     H = tangent_hessian(p, g, alpha, beta, lam, kind, face=(kind == "sparsemax"))
     min_eig = torch.linalg.eigvalsh(H)[0].item() if H.numel() else float("inf")
     if kind == "sparsemax":  # inactive j: u_j / alpha < tau; margin = tau - max_{j off S} u_j / alpha
@@ -350,13 +350,13 @@ def hamux_flow(s_q, s_c, alpha: float, beta: float, lam: float, *, kind: GateKin
     dt, n_steps = positive(dt, "dt"), positive_int(n_steps, "n_steps")
     if dt > 1:
         raise ValueError(f"dt must be in (0, 1], got {dt}")
-    s_q, s_c = _scores(s_q, s_c)
+    s_q, s_c = check_scores(s_q, s_c)
     x_p = torch.zeros_like(s_q) if x_p0 is None else as_tensor(x_p0, "x_p0", dtype=s_q.dtype).expand_as(s_q).clone()
     x_g = torch.zeros_like(s_c) if x_g0 is None else as_tensor(x_g0, "x_g0", dtype=s_q.dtype).expand_as(s_c).clone()
-    p, g = torch.softmax(beta * x_p, -1), _gate(x_g, alpha, kind)
+    p, g = torch.softmax(beta * x_p, -1), gate_unchecked(x_g, alpha, kind)
     values = [_energy(p, g, s_q, s_c, alpha, beta, lam, kind)]
     for _ in range(n_steps):
         x_p, x_g = x_p + dt * (s_q + lam * g - x_p), x_g + dt * (s_c + lam * p - x_g)
-        p, g = torch.softmax(beta * x_p, -1), _gate(x_g, alpha, kind)
+        p, g = torch.softmax(beta * x_p, -1), gate_unchecked(x_g, alpha, kind)
         values.append(_energy(p, g, s_q, s_c, alpha, beta, lam, kind))
     return torch.stack(values, -1), p, g

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from entmax import sparsemax
 
-from ._validate import as_tensor, int_in_range, nonnegative, positive, positive_int
+from .._validate import as_tensor, int_in_range, nonnegative, positive, positive_int
 from .dynamics import fixed_point
 
 __all__ = [

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .lm import LoadedModel, Patch, batch_budget, hidden_states, user_cache_dir
-from .records import atomic_path, write_json_atomic
+from .model import LoadedModel, user_cache_dir
+from .states import Patch, batch_budget, hidden_states
+from ..records import atomic_path, write_json_atomic
 
 __all__ = ["CachedStates", "cached_states", "cached_twin_states", "CHUNK_SIZE"]
 

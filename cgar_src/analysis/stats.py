@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.stats import binomtest
 
-from ._validate import confidence_level, positive_int
+from .._validate import confidence_level, positive_int
 
 __all__ = ["wilson", "accuracy_ci", "Comparison", "compare", "bootstrap_ci", "fmt_ci"]
 

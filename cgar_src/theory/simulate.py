@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from ._validate import int_in_range, nonnegative, positive, positive_int
+from .._validate import int_in_range, nonnegative, positive, positive_int
 from .dynamics import contraction_bound, effective_separation, error_log_odds, fixed_point
 
 __all__ = ["SweepConfig", "make_bank", "sweep_scores", "separation_sweep", "separation_trial_loop"]
@@ -80,7 +80,7 @@ def sweep_scores(cfg: SweepConfig, X, K, target, z_q, z_c, sigma: float):
 @dataclass
 class SweepResult:
     """Per (sigma, lambda, trial) outcomes of the sweep; tensors of shape ``(S, L, T)``, except ``columns`` ``(S, L)``:
-    the memories the solver iterated on (:func:`cgar_src.dynamics.support_screen`)."""
+    the memories the solver iterated on (:func:`cgar_src.theory.dynamics.support_screen`)."""
 
     config: SweepConfig
     correct: torch.Tensor

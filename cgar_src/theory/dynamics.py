@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validate import as_tensor, nonnegative, positive, positive_int
-from .gate import GateKind, _gate, _kind, eta, gate, gate_jacobian
+from .._validate import as_tensor, nonnegative, positive, positive_int
+from .gate import GateKind, gate_unchecked, check_kind, eta, gate, gate_jacobian
 
 __all__ = [
     "gated_energy",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-def _scores(s_q, s_c=None):
+def check_scores(s_q, s_c=None):
     s_q = as_tensor(s_q, "s_q")
     if s_c is None:
         return s_q, None
@@ -71,21 +71,21 @@ def gated_energy(xi, X, g, beta: float, lam: float) -> torch.Tensor:
 def gated_retrieval(s_q, g, beta: float, lam: float) -> torch.Tensor:
     r"""Retrieval distribution :math:`p = \mathrm{softmax}(\beta(s_q + \lambda g))`: the gate adds :math:`\lambda g_i` to logit i."""
     beta, lam = positive(beta, "beta"), nonnegative(lam, "lam")
-    s_q, g = _scores(s_q, g)
+    s_q, g = check_scores(s_q, g)
     return torch.softmax(beta * (s_q + lam * g), dim=-1)
 
 
 def phi(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r"""The self-consistency map :math:`\Phi_{\alpha,\lambda}(p)`."""
     alpha, beta, lam = positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam")
-    s_q, s_c = _scores(s_q, s_c)
+    s_q, s_c = check_scores(s_q, s_c)
     p = as_tensor(p, "p", dtype=s_q.dtype)
-    return _phi(p, s_q, s_c, alpha, beta, lam, _kind(kind))[0]
+    return _phi(p, s_q, s_c, alpha, beta, lam, check_kind(kind))[0]
 
 
 def _phi(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`phi` without input validation (the solver's inner loop); returns Phi(p) and the gate G(s_c + lam p)."""
-    g = _gate(s_c + lam * p, alpha, kind)
+    g = gate_unchecked(s_c + lam * p, alpha, kind)
     return torch.softmax(beta * (s_q + lam * g), dim=-1), g
 
 
@@ -138,8 +138,8 @@ def fixed_point(
     damping = positive(damping, "damping")
     if damping > 1:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
-    s_q, s_c = _scores(s_q, s_c)
-    kind = _kind(kind)
+    s_q, s_c = check_scores(s_q, s_c)
+    kind = check_kind(kind)
     if p0 is not None:
         p0 = as_tensor(p0, "p0", dtype=s_q.dtype)
         try:
@@ -164,7 +164,7 @@ def fixed_point(
 
         def step_map(x, c):
             sq_c, sc_c, lse_rest, m_rest = c
-            g_c = _gate(sc_c + lam * x[:, :-1], alpha, kind)
+            g_c = gate_unchecked(sc_c + lam * x[:, :-1], alpha, kind)
             logits = beta * (sq_c + lam * g_c)
             log_z = torch.logaddexp(torch.logsumexp(logits, -1), lse_rest)
             return torch.cat([torch.exp(logits - log_z[:, None]), torch.exp(m_rest - log_z)[:, None]], -1), g_c
@@ -239,7 +239,7 @@ def spectral_radius(J: torch.Tensor) -> torch.Tensor:
 
 def first_order(s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r"""First-order approximation: drop the feedback, :math:`p^{(1)} = \mathrm{softmax}(\beta(s_q + \lambda G_\alpha(s_c)))`."""
-    s_q, s_c = _scores(s_q, s_c)
+    s_q, s_c = check_scores(s_q, s_c)
     return gated_retrieval(s_q, gate(s_c, alpha, kind), beta, lam)
 
 
@@ -282,7 +282,7 @@ def error_log_odds(s_q, g, target, beta: float, lam: float) -> torch.Tensor:
 e\mu} e^{eta(\ell_j - \ell_\mu)}` with :math:`\ell = s_q + \lambda g`,
     computed from the logits, so it stays exact where :math:`1 - p_\mu` underflows."""
     beta, lam = positive(beta, "beta"), nonnegative(lam, "lam")
-    s_q, g = _scores(s_q, g)
+    s_q, g = check_scores(s_q, g)
     own, others = _split(beta * (s_q + lam * g), _targets(s_q, target))
     return torch.logsumexp(others, -1) - own
 
@@ -292,7 +292,7 @@ def effective_separation(s_q, g, target, lam: float) -> Separation:
     :math:`\Delta_{eff} = \min_{j\ne\mu}[(s_{q,\mu}+\lambda g_\mu) - (s_{q,j}+\lambda g_j)] \ge \Delta_{raw} + \lambda\Delta_{gate}`
     (Theorem ``thm-separation``)."""
     lam = nonnegative(lam, "lam")
-    s_q, g = _scores(s_q, g)
+    s_q, g = check_scores(s_q, g)
     target = _targets(s_q, target)
     return Separation(raw=_gap(s_q, target), gate=_gap(g, target), effective=_gap(s_q + lam * g, target))
 
@@ -314,7 +314,7 @@ def alpha_crit_coupled(s_q, s_c, beta: float, lam: float) -> torch.Tensor:
     :math:`\alpha \le \alpha_{crit}(\lambda) = \min_{j\ne m}\,(u_m - u_j)` with :math:`u = s_c + \lambda p^\circ` and
     :math:`p^\circ = \mathrm{softmax}(\beta(s_q + \lambda e_m))` (and provided m stays the top of u). At
     :math:`\lambda = 0` this is :math:`s_{c,(1)} - s_{c,(2)}`."""
-    s_q, s_c = _scores(s_q, s_c)
+    s_q, s_c = check_scores(s_q, s_c)
     lam = nonnegative(lam, "lam")
     m = s_c.argmax(-1, keepdim=True)
     onehot = torch.zeros_like(s_c).scatter(-1, m, 1.0)
@@ -354,7 +354,7 @@ def measured_alpha_crit_batch(s_q, s_c, beta: float, lam, *, lo, hi, n_bisect: i
     Returns the midpoints of the final brackets, shape ``(B,)``."""
     beta = positive(beta, "beta")
     n_bisect, max_iter = positive_int(n_bisect, "n_bisect"), positive_int(max_iter, "max_iter")
-    s_q, s_c = _scores(as_tensor(s_q, "s_q", ndim=2), s_c)
+    s_q, s_c = check_scores(as_tensor(s_q, "s_q", ndim=2), s_c)
     B = s_q.shape[0]
 
     def per_row(x, name):
@@ -369,17 +369,17 @@ def measured_alpha_crit_batch(s_q, s_c, beta: float, lam, *, lo, hi, n_bisect: i
 
     def one_hot(alpha: torch.Tensor) -> torch.Tensor:
         a, l = alpha[:, None], lam_t[:, None]
-        p = torch.softmax(beta * (s_q + l * _gate(s_c, a, "sparsemax")), -1)
+        p = torch.softmax(beta * (s_q + l * gate_unchecked(s_c, a, "sparsemax")), -1)
         active = torch.arange(B)  # rows still moving: each step updates only those
         for _ in range(max_iter):
             sc, aa, la = s_c[active], a[active], l[active]
-            new = torch.softmax(beta * (s_q[active] + la * _gate(sc + la * p[active], aa, "sparsemax")), -1)
+            new = torch.softmax(beta * (s_q[active] + la * gate_unchecked(sc + la * p[active], aa, "sparsemax")), -1)
             moving = (new - p[active]).abs().amax(-1) > tol
             p[active] = new
             active = active[moving]
             if active.numel() == 0:
                 break
-        return _gate(s_c + l * p, a, "sparsemax").amax(-1) >= 1 - one_tol
+        return gate_unchecked(s_c + l * p, a, "sparsemax").amax(-1) >= 1 - one_tol
 
     if not bool(one_hot(lo_t).all()) or bool(one_hot(hi_t).any()):
         raise ValueError("the gate must be one-hot at lo and not at hi in every row; widen the brackets")

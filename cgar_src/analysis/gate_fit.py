@@ -11,7 +11,7 @@ log-probabilities over the vocabulary (batched over queries, the vocabulary on t
 * ``gated``: :math:`\mathrm{softmax}(\beta(s_q + \lambda G_\alpha(s_c)))` with the sparsemax gate
   :math:`G_\alpha(u) = \mathrm{sparsemax}(u/\alpha)` (the first-order two-stage model, chapter ``02_two_stage``);
 * ``fixed_point``: :math:`p^* = \Phi(p^*)`, :math:`\Phi(p) = \mathrm{softmax}(\beta(s_q + \lambda G_\alpha(s_c + \lambda p)))`
-  (chapter ``05_fixed_point``), solved by :func:`cgar_src.dynamics.fixed_point`;
+  (chapter ``05_fixed_point``), solved by :func:`cgar_src.theory.dynamics.fixed_point`;
 * ``prior``: one distribution for every query, the mean of :math:`p_{ICL}` over the fitting queries (the label
   prior as the in-context model expresses it).
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import dynamics
-from ._validate import as_tensor, nonnegative, positive
-from .gate import alpha_crit, gate
+from ..theory import dynamics
+from .._validate import as_tensor, nonnegative, positive
+from ..theory.gate import alpha_crit, gate
 
 __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_probs_dense", "log_probs_gated",
            "log_probs_fixed_point", "kl", "kl_grid", "GridFit", "fit_grid", "CrossFit", "cross_fit", "cross_fit_fixed_point", "dense_limit_alpha",
@@ -80,7 +80,7 @@ def log_probs_gated(s_q, s_c, alpha: float, beta: float, lam: float) -> torch.Te
 def log_probs_fixed_point(s_q, s_c, alpha: float, beta: float, lam: float, *, tol: float = 1e-9,
                           max_iter: int = 500) -> tuple[torch.Tensor, dynamics.FixedPoint]:
     r"""Model (d): the self-consistent retrieval :math:`p^* = \Phi(p^*)` (Theorem 3.4, chapter ``05_fixed_point``)
-    from the first-order start (:func:`cgar_src.dynamics.fixed_point`). Returns :math:`\log\mathrm{softmax}(\beta(s_q + \lambda g^*))` with :math:`g^*` the
+    from the first-order start (:func:`cgar_src.theory.dynamics.fixed_point`). Returns :math:`\log\mathrm{softmax}(\beta(s_q + \lambda g^*))` with :math:`g^*` the
     gate at the returned iterate (that is :math:`\log\Phi(p^*)`, equal to :math:`\log p^*` within ``tol`` and finite
     where :math:`p^*` underflows) and the solver's result (convergence, contraction bound)."""
     s_q, s_c = _pair(s_q, s_c)
@@ -242,7 +242,7 @@ class CrossFit:
 
 def _folds(folds, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if not isinstance(folds, (list, tuple)) or len(folds) < 2:
-        raise ValueError("folds must be a list of at least 2 (fit, evaluate) index pairs (cgar_src.steering.folds_of)")
+        raise ValueError("folds must be a list of at least 2 (fit, evaluate) index pairs (cgar_src.analysis.steering.folds_of)")
     seen = torch.zeros(n, dtype=torch.long)
     out = []
     for fit, ev in folds:
@@ -428,7 +428,7 @@ def multistart_fixed_points(s_q, s_c, alpha: float, beta: float, lam: float, sta
     simplex; ``None`` = the first-order start) and count the distinct fixed points per query (two converged
     solutions are the same when their :math:`\ell_1` distance is below ``distinct_tol``).
 
-    Runs on the screened columns of :func:`cgar_src.dynamics.support_screen` plus one column for the rest of the
+    Runs on the screened columns of :func:`cgar_src.theory.dynamics.support_screen` plus one column for the rest of the
     vocabulary: :math:`\Phi(p)` depends on p only through the screened set C (no gate mass can reach the other
     columns, chapter ``03_separation``), and outside C :math:`\Phi(p)_j \propto e^{\beta s_{q,j}}`, so the rest is one
     entry with score :math:`\beta^{-1}\log\sum_{j\notin C}e^{\beta s_{q,j}}` and a context score low enough that the
