@@ -44,7 +44,7 @@ def test_bad_input_fails_before_any_forward_pass(smol, tmp_path):
         args = dict(dataset="sst2", n_queries=4, shots=1, cache_root=tmp_path, progress=False) | kwargs
         with pytest.raises(ValueError, match=name):
             task_states(smol, **args)
-    assert not any(tmp_path.rglob("*.pt"))  # nothing computed, nothing cached
+    assert not any(tmp_path.rglob("chunk_*"))  # nothing computed, nothing cached
 
 
 def test_task_states_zero_and_icl(smol, tmp_path):

@@ -102,7 +102,7 @@ def test_cached_twin_states(tiny, tmp_path):
                                 progress=False)
     assert (a2.n_forward, b2.n_forward) == (0, 0) and torch.equal(b2.states, b.states)
     # a lost chunk of twins is recomputed; the prompts' stored chunk is kept
-    (b.path / "chunk_00001.pt").unlink()
+    (b.path / "chunk_00001.safetensors").unlink()
     a3, b3 = cached_twin_states(tiny, TWIN_PROMPTS, meta, TWINS, twin_meta, cache_root=tmp_path, chunk_size=2,
                                 progress=False)
     assert (a3.n_forward, b3.n_forward) == (0, 2)
@@ -150,7 +150,7 @@ def test_cache_counts_forward_passes_and_recovers(tiny, tmp_path):
     warm = cached_states(tiny, prompts, meta, cache_root=tmp_path, chunk_size=2, progress=False)
     assert warm.n_forward == 0 and warm.states.equal(cold.states)
     # a damaged chunk is detected and recomputed, not used
-    (cold.path / "chunk_00001.pt").write_bytes(b"garbage")
+    (cold.path / "chunk_00001.safetensors").write_bytes(b"garbage")
     fixed = cached_states(tiny, prompts, meta, cache_root=tmp_path, chunk_size=2, progress=False)
     assert fixed.n_forward == 2 and fixed.states.equal(cold.states)
     # a different description is a different cache entry
@@ -159,6 +159,36 @@ def test_cache_counts_forward_passes_and_recovers(tiny, tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
     with pytest.raises(ValueError, match="prompts"):
         cached_states(tiny, [], meta, cache_root=tmp_path)
+
+
+def test_cache_stores_safetensors_and_never_unpickles(tiny, tmp_path, monkeypatch):
+    """Chunks are safetensors files (tensor plus the prompts' sha256 as metadata); a chunk in the old pickled format
+    sitting where a chunk would be is ignored and recomputed, and torch.load / pickle are never called."""
+    import pickle
+
+    from safetensors import safe_open
+
+    meta = {"dataset": "toy", "shots": 0, "seed": 0}
+    cold = cached_states(tiny, PROMPTS, meta, cache_root=tmp_path, chunk_size=2, progress=False)
+    files = sorted(cold.path.glob("chunk_*"))
+    assert files and all(f.suffix == ".safetensors" for f in files)
+    with safe_open(str(files[0]), framework="pt") as f:
+        assert set(f.keys()) == {"states"} and "prompt_sha" in f.metadata()
+    # the old format: a pickled dict beside (and in place of) the new chunks
+    for f in files:
+        torch.save({"prompt_sha": [], "states": torch.zeros(1)}, f.with_suffix(".pt"))
+        f.unlink()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the state cache unpickled a file")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    again = cached_states(tiny, PROMPTS, meta, cache_root=tmp_path, chunk_size=2, progress=False)
+    assert again.n_forward == len(PROMPTS) and again.states.equal(cold.states)
+    warm = cached_states(tiny, PROMPTS, meta, cache_root=tmp_path, chunk_size=2, progress=False)
+    assert warm.n_forward == 0 and warm.states.equal(cold.states)
 
 
 def test_data_prompts_and_demos():
@@ -293,7 +323,7 @@ def test_prompt_longer_than_the_context_window_is_rejected_before_any_forward_pa
     shapes = _fail_when(monkeypatch, tiny, lambda ids: True)
     with pytest.raises(ValueError, match="context window"):
         cached_states(tiny, PROMPTS + [long], {"dataset": "toy"}, cache_root=tmp_path, progress=False)
-    assert shapes == [] and not list(tmp_path.rglob("*.pt"))
+    assert shapes == [] and not list(tmp_path.rglob("chunk_*"))
 
 
 def test_tolerance_scales_with_the_unit_round_off():

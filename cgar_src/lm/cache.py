@@ -1,8 +1,10 @@
 """On-disk cache of last-token hidden states, keyed by everything that determines them.
 
 Key = sha256 of (model id, revision, dtype, the caller's description: dataset, split, template, shots, seed, ...)
-and the prompt texts. States are stored in chunks written atomically; an interrupted run resumes from the chunks
-already written; a chunk that does not load, or whose prompts or shape do not match, is recomputed, never used.
+and the prompt texts. States are stored in chunks written atomically as safetensors files (the tensor, with the
+sha256 of each prompt in the file's metadata; nothing is ever unpickled); an interrupted run resumes from the chunks
+already written; a chunk that does not load, or whose prompts or shape do not match, is recomputed, never used. A
+chunk of the old pickled format (``chunk_*.pt``) is never read: its states are recomputed into a ``.safetensors``.
 """
 from __future__ import annotations
 
@@ -13,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .model import LoadedModel, user_cache_dir
 from .states import Patch, batch_budget, hidden_states
 from ..records import atomic_path, write_json_atomic
 
-__all__ = ["CachedStates", "cached_states", "cached_twin_states", "CHUNK_SIZE"]
+__all__ = ["CachedStates", "cached_states", "cached_twin_states", "CHUNK_SIZE", "CHUNK_SUFFIX"]
 
 CHUNK_SIZE = 64  # prompts per cache file; each chunk is one call of hidden_states
+CHUNK_SUFFIX = ".safetensors"  # chunk files; the old pickled ".pt" chunks are never read
 
 
 @dataclass
@@ -72,17 +77,19 @@ def _load_chunk(file: Path, hashes: list[str], shape: tuple[int, int, int]) -> t
     if not file.exists():
         return None
     try:
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-        ok = (saved["prompt_sha"] == hashes and saved["states"].shape == shape
-              and bool(torch.isfinite(saved["states"]).all()))
-        return saved["states"] if ok else None
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            if json.loads((f.metadata() or {}).get("prompt_sha", "null")) != hashes:
+                return None
+            states = f.get_tensor("states")
+        ok = tuple(states.shape) == shape and bool(torch.isfinite(states).all())
+        return states if ok else None
     except Exception:  # damaged file: recompute
         return None
 
 
 def _save_chunk(file: Path, hashes: list[str], states: torch.Tensor) -> None:
     with atomic_path(file) as tmp:
-        torch.save({"prompt_sha": hashes, "states": states}, tmp)
+        save_file({"states": states.contiguous()}, str(tmp), metadata={"prompt_sha": json.dumps(hashes)})
 
 
 def _gather(chunks: list[torch.Tensor], unique: list[str], prompts: list[str]) -> torch.Tensor:
@@ -106,7 +113,7 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
     for i, start in enumerate(range(0, len(unique), chunk_size)):
         part = unique[start:start + chunk_size]
         hashes = [_sha(p) for p in part]
-        file = path / f"chunk_{i:05d}.pt"
+        file = path / f"chunk_{i:05d}{CHUNK_SUFFIX}"
         states = _load_chunk(file, hashes, (len(part), *shape))
         if states is None:
             states = hidden_states(lm, part, batch_size=batch_size, progress=progress, patch=patch,
@@ -140,7 +147,7 @@ def cached_twin_states(lm: LoadedModel, prompts: list[str], meta: dict, twins: l
     for i, start in enumerate(range(0, len(prompts), chunk_size)):
         part, twin_part = prompts[start:start + chunk_size], twins[start:start + chunk_size]
         hashes, twin_hashes = [_sha(p) for p in part], [_sha(p) for p in twin_part]
-        file, twin_file = path / f"chunk_{i:05d}.pt", twin_path / f"chunk_{i:05d}.pt"
+        file, twin_file = path / f"chunk_{i:05d}{CHUNK_SUFFIX}", twin_path / f"chunk_{i:05d}{CHUNK_SUFFIX}"
         states = _load_chunk(file, hashes, (len(part), *shape))
         twin_states = _load_chunk(twin_file, twin_hashes, (len(part), *shape))
         if twin_states is None:
