@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -77,14 +78,6 @@ def confidence_level(value) -> float:
     return float(value)
 
 
-def layer_indices(layers, name: str, n: int) -> list[int]:
-    """A non-empty list of layer (residual-entry) indices in ``[0, n - 1]``."""
-    bad = [l for l in layers if isinstance(l, bool) or not (isinstance(l, int) and 0 <= l < n)]
-    if bad or not layers:
-        raise ValueError(f"{name} must be non-empty layer indices in [0, {n - 1}], got {layers}")
-    return list(layers)
-
-
 def scalar(value, name: str) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -101,8 +94,34 @@ def scalar(value, name: str) -> float:
     return v
 
 
-def class_indices(labels, name: str = "labels") -> torch.Tensor:
-    y = torch.as_tensor(labels)
-    if y.ndim != 1 or y.numel() == 0 or y.dtype.is_floating_point or bool((y < 0).any()):
-        raise ValueError(f"{name} must be a non-empty 1-d tensor of class indices >= 0, got {tuple(y.shape)} {y.dtype}")
-    return y.long()
+def indices(values, name: str, n: int | None = None, *, shape: Sequence[int] | None = None,
+            what: str = "indices") -> torch.Tensor:
+    """Integer indices in ``[0, n)`` (``n=None``: any index >= 0) as a LongTensor: the one check of every index
+    argument (layers, classes, memories, tokens, query rows).
+
+    ``values`` is an integer tensor or array, a Python int, or a list or tuple of Python (or NumPy) ints; bools and
+    floats are refused (a mask or a rounded number is not an index). ``shape=None`` asks for a non-empty 1-d
+    sequence; otherwise ``values`` must have exactly that shape (``()``: one index). ``what`` names the kind of
+    index in the error message. Raises ``ValueError`` naming ``name``."""
+    where = f"in [0, {n})" if n is not None else ">= 0"
+    want = "a non-empty 1-d sequence" if shape is None else f"of shape {tuple(shape)}"
+    problem = f"{name} must be {want} of integer {what} {where}"
+    if isinstance(values, (list, tuple)):
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in values):
+            raise ValueError(f"{problem}, got {values!r}")
+        t = torch.tensor(list(values), dtype=torch.long)
+    else:
+        if isinstance(values, bool):
+            raise ValueError(f"{problem}, got {values!r}")
+        try:
+            t = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{problem}, got {type(values).__name__}") from err
+        if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
+            raise ValueError(f"{problem}, got dtype {t.dtype}")
+    if (t.ndim != 1 or t.numel() == 0) if shape is None else tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{problem}, got shape {tuple(t.shape)}")
+    if t.numel() and (bool((t < 0).any()) or (n is not None and bool((t >= n).any()))):
+        bad = t[(t < 0) | (t >= n)] if n is not None else t[t < 0]
+        raise ValueError(f"{problem}; out of range: {bad[:5].tolist()}")
+    return t.long()

@@ -29,7 +29,7 @@ def tiny_bf16_llama(tmp_path_factory):
     from cgar_src.lm import default_model_dir
 
     folder = tmp_path_factory.mktemp("tiny-bf16-llama")
-    tokenizer = AutoTokenizer.from_pretrained(_default_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=8192,
                       tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,

@@ -2,7 +2,7 @@
 import ast
 import json
 import math
-import os
+import re
 import time
 from pathlib import Path
 
@@ -42,7 +42,8 @@ def corruptions(name: str, default) -> list:
 SPECIFIC = {
     "alpha": [0.0], "batch_size": [0], "beta": [0.0], "C": [0.0], "context_layer_fractions": [[0.5, 1.5], [0.0]],
     "dataset": ["imdb"], "datasets": [["sst2", "imdb"], ["sst2", "sst2"]], "device": ["gpu", "cuda:x"],
-    "device_map": ["everywhere"], "dtype": ["float64", "fp16"], "fact_shots": [0],
+    "device_map": ["everywhere", {}, {"model": "gpu"}, {"model": -1}, {3: "cpu"}], "dtype": ["float64", "fp16"],
+    "fact_shots": [0],
     "fit_range": [[0.0, 1.0], [0.1], [2.0, 1.0]], "grid_size": [1], "k_shot": [0], "lambdas": [[-0.1], [0.1, math.inf]],
     "lambdas_small": [[0.0, 1.0]], "model_id": ["   "], "n_folds": [1], "n_memories": [0], "n_queries": [0],
     "probe_shots": [[0, 0]], "patch_layer_fractions": [[-0.5]], "query_layer_fractions": [[2.0]],
@@ -61,10 +62,16 @@ def bad_sets(nb: Path) -> list[tuple[str, object]]:
     return out
 
 
-def test_defaults_of_every_chapter_pass():
+def test_defaults_of_every_chapter_pass(monkeypatch):
+    """Every chapter's defaults pass all checks, those against this machine included (run from chapters/, as
+    papermill --cwd chapters does, so that the default out_dir resolves there; the check leaves no folder)."""
     assert CHAPTERS
+    monkeypatch.chdir(ROOT / "chapters")
+    before = {p for p in (ROOT / "results").rglob("*")} if (ROOT / "results").exists() else None
     for nb in CHAPTERS:
         validate_parameters(declared(nb))
+    after = {p for p in (ROOT / "results").rglob("*")} if (ROOT / "results").exists() else None
+    assert after == before, "validation left folders behind"
 
 
 def test_every_declared_parameter_has_a_rule():
@@ -97,9 +104,13 @@ def test_at_least_twenty_bad_sets_every_chapter_represented():
 
 
 def test_validation_accepts_papermill_style_values():
-    # papermill passes -p beta 2 as an int, -y lists as lists; tuples and PathLike out_dir are fine too
+    # papermill passes -p beta 2 as an int, -y lists as lists; tuples and PathLike out_dir are fine too (the values
+    # alone: machine=False leaves out the checks against this machine, which has no second GPU)
     validate_parameters({"beta": 2, "shots": (0, 1), "out_dir": Path("x"), "device": "cuda:1", "device_map": "auto",
-                         "relations": ["P30", "P1412"], "seed": 2**32 - 1, "context_layer_fractions": [1]})
+                         "relations": ["P30", "P1412"], "seed": 2**32 - 1, "context_layer_fractions": [1]},
+                        machine=False)
+    validate_parameters({"device_map": {"model.layers.0": 0, "lm_head": "cpu", "model.norm": "disk"}}, machine=False)
+    assert not Path("x").exists()
     check("new_layer_fractions", [0.5])           # a suffix rule covers new *_fractions names
     with pytest.raises(ValueError, match="parameter no_such_parameter has no validation rule"):
         check("no_such_parameter", 1)
@@ -133,3 +144,124 @@ def test_bad_seed_fails_fast_and_writes_no_cache(tmp_path, monkeypatch):
     written = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
     assert not written, written
     assert not (tmp_path / "results").exists()
+
+
+# --- checks against this machine ---------------------------------------------------------------------------------
+
+def fake_gpus(monkeypatch, n: int) -> None:
+    """Pretend this machine has ``n`` CUDA devices and no MPS (the device check asks only these two)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_device_must_exist_on_this_machine(monkeypatch):
+    from cgar_src.book.params import available_devices
+
+    fake_gpus(monkeypatch, 0)
+    assert available_devices() == ["cpu"]
+    validate_parameters({"device": "cpu"})
+    for bad in ("cuda", "cuda:0", "mps"):
+        with pytest.raises(ValueError, match=r"^parameter device must be a device of this machine, one of \['cpu'\], "
+                                             rf"got '{bad}'"):
+            validate_parameters({"device": bad})
+    fake_gpus(monkeypatch, 2)
+    assert available_devices() == ["cpu", "cuda", "cuda:0", "cuda:1"]
+    for good in ("cuda", "cuda:0", "cuda:1"):
+        validate_parameters({"device": good})
+    with pytest.raises(ValueError, match=r"parameter device .*'cuda:1'\], got 'cuda:2'"):
+        validate_parameters({"device": "cuda:2"})
+    # a device_map dict places modules on devices that must exist too ('disk' always does)
+    validate_parameters({"device_map": {"model": 1, "lm_head": "cpu", "norm": "disk"}})
+    with pytest.raises(ValueError, match=r"parameter device_map .*module 'lm_head' is placed on 2"):
+        validate_parameters({"device_map": {"model": 1, "lm_head": 2}})
+    validate_parameters({"device_map": "auto"})   # strategies place modules on whatever exists
+
+
+def test_out_dir_must_be_creatable_and_writable_and_is_left_clean(tmp_path):
+    (tmp_path / "file").write_text("a regular file")
+    for bad in (tmp_path / "file" / "x", tmp_path / "file", tmp_path / "file" / "x" / "y"):
+        pattern = (r"^parameter out_dir must be a folder that can be created and written, got "
+                   rf"{re.escape(repr(str(bad)))} \((NotADirectoryError|FileExistsError): ")
+        with pytest.raises(ValueError, match=pattern) as err:
+            validate_parameters({"out_dir": str(bad)})
+        assert isinstance(err.value.__cause__, OSError)
+    new = tmp_path / "a" / "b" / "c"
+    validate_parameters({"out_dir": new})           # creatable: checked, and the folders made are removed again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "old.json").write_text("{}")
+    validate_parameters({"out_dir": kept})          # an existing folder keeps its files, and gets no probe left over
+    assert sorted(p.name for p in kept.iterdir()) == ["old.json"]
+    # a static bad value fails before the output folder is even probed
+    with pytest.raises(ValueError, match="parameter seed"):
+        validate_parameters({"seed": -1, "out_dir": tmp_path / "file" / "x"})
+
+
+def test_model_id_is_found_without_loading(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    from cgar_src.lm import DEFAULT_MODEL
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    validate_parameters({"model_id": DEFAULT_MODEL})
+    with pytest.raises(ValueError, match=r"^parameter model_id must be .*got 'nonexistent/model-xyz' \(not in the "
+                                         r"local Hugging Face cache, and HF_HUB_OFFLINE is set"):
+        validate_parameters({"model_id": "nonexistent/model-xyz"})
+    with pytest.raises(ValueError, match=r"parameter model_id .*got './no/such/model' \(no such local folder"):
+        validate_parameters({"model_id": "./no/such/model"})
+    folder = tmp_path / "model"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"parameter model_id .*has no config.json"):
+        validate_parameters({"model_id": str(folder)})
+    (folder / "config.json").write_text("{}")
+    validate_parameters({"model_id": str(folder)})
+
+    # online: one metadata request decides (faked here: tests never reach the hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def answer(exc):
+        def model_info(self, repo_id, **kw):
+            assert kw.get("timeout"), "the hub is asked with a timeout"
+            if exc is not None:
+                raise exc
+        return model_info
+
+    class NotFound(RepositoryNotFoundError):
+        def __init__(self):
+            Exception.__init__(self, "404")
+
+    class Gated(GatedRepoError):
+        def __init__(self):
+            Exception.__init__(self, "401 gated")
+
+    monkeypatch.setattr(HfApi, "model_info", answer(NotFound()))
+    with pytest.raises(ValueError, match=r"parameter model_id .*no such model on the Hugging Face hub"):
+        validate_parameters({"model_id": "nonexistent/model-xyz"})
+    monkeypatch.setattr(HfApi, "model_info", answer(ConnectionError("Name or service not known")))
+    with pytest.raises(ValueError, match=r"parameter model_id .*the hub could not be asked \(ConnectionError"):
+        validate_parameters({"model_id": "nonexistent/model-xyz"})
+    for ok in (Gated(), None):   # a gated repository exists (loading it needs a token); so does a public one
+        monkeypatch.setattr(HfApi, "model_info", answer(ok))
+        validate_parameters({"model_id": "someone/some-model"})
+
+
+def test_n_queries_at_most_every_datasets_query_split():
+    from cgar_src.tasks.data import TASKS, load_examples
+
+    sizes = {ds: len(load_examples(ds, TASKS[ds].query_split)) for ds in TASKS}
+    smallest = min(sizes, key=sizes.get)
+    validate_parameters({"n_queries": sizes[smallest], "datasets": sorted(TASKS)}, machine=False)
+    with pytest.raises(ValueError, match=rf"^parameter n_queries must be at most {sizes[smallest]}, the "
+                                         rf"{TASKS[smallest].query_split} examples of {smallest} .*got "
+                                         rf"{sizes[smallest] + 1}$"):
+        validate_parameters({"n_queries": sizes[smallest] + 1, "datasets": sorted(TASKS)}, machine=False)
+    largest = max(sizes, key=sizes.get)
+    validate_parameters({"n_queries": sizes[largest], "dataset": largest}, machine=False)   # one dataset (chapter 06)
+    with pytest.raises(ValueError, match="parameter n_queries must be at most"):
+        validate_parameters({"n_queries": sizes[largest] + 1, "dataset": largest}, machine=False)
+    validate_parameters({"n_queries": 10**6}, machine=False)   # random queries of the theory chapters: no dataset

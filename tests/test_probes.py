@@ -6,19 +6,31 @@ import torch
 from sklearn.model_selection import KFold
 
 from cgar_src.analysis import lens, probes
+from cgar_src.analysis.steering import folds_of
 from cgar_src.lm import Unembed, hidden_states
 from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
 
 
-def test_folds_are_seeded_kfold_and_cover_every_query_once():
-    f = probes.folds(23, 5, seed=3)
-    ref = list(KFold(5, shuffle=True, random_state=3).split(np.zeros(23)))
-    assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(f, ref))
-    assert sorted(np.concatenate([te for _, te in f]).tolist()) == list(range(23))
-    assert not np.array_equal(probes.folds(23, 5, seed=4)[0][1], f[0][1])
-    for n_folds in (1, 24, 2.5):
+@pytest.mark.parametrize("n, n_folds, seed", [(23, 5, 3), (2, 2, 0), (10, 3, 7), (101, 10, 12345), (40, 40, 1)])
+def test_kfold_scheme_is_sklearn_kfold_and_covers_every_query_once(n, n_folds, seed):
+    """The probes' folds are folds_of(scheme="kfold"): exactly scikit-learn's shuffled KFold partition."""
+    f = folds_of(n, n_folds, seed, scheme="kfold")
+    ref = list(KFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(n)))
+    assert len(f) == n_folds
+    assert all(np.array_equal(a[1].numpy(), b[1]) and np.array_equal(a[0].numpy(), b[0]) for a, b in zip(f, ref))
+    assert sorted(torch.cat([te for _, te in f]).tolist()) == list(range(n))
+    for n_bad in (1, n + 1, 2.5):
         with pytest.raises(ValueError, match="n_folds"):
-            probes.folds(23, n_folds, seed=0)
+            folds_of(n, n_bad, seed, scheme="kfold")
+
+
+def test_kfold_scheme_depends_on_the_seed_and_differs_from_the_strided_scheme():
+    f = folds_of(23, 5, 3, scheme="kfold")
+    assert not torch.equal(folds_of(23, 5, 4, scheme="kfold")[0][1], f[0][1])
+    strided = folds_of(23, 5, 3)
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(f, strided))
+    with pytest.raises(ValueError, match="scheme"):
+        folds_of(23, 5, 3, scheme="stratified")
 
 
 def test_lexical_probe_reads_a_keyword_perfectly():
@@ -38,7 +50,7 @@ def test_lexical_probe_on_uninformative_text_is_the_training_majority():
     acc = probes.lexical_probe_correct(texts, labels, n_folds=5, seed=1)
     expected = np.zeros(len(labels))
     y = labels.numpy()
-    for train, test in probes.folds(len(y), 5, seed=1):
+    for train, test in folds_of(len(y), 5, 1, scheme="kfold"):
         expected[test] = y[test] == np.bincount(y[train]).argmax()
     np.testing.assert_array_equal(acc.numpy(), expected)
 
@@ -77,7 +89,7 @@ def test_centred_lens_is_cross_fitted():
     labels = torch.randint(0, 3, (30,), generator=g)
     got = probes.centred_lens_correct(z, labels, n_folds=3, seed=2)
     want = torch.zeros(30)
-    for train, test in probes.folds(30, 3, seed=2):
+    for train, test in folds_of(30, 3, 2, scheme="kfold"):
         pred = (z[test] - z[train].mean(0)).argmax(-1)
         want[test] = (pred == labels[test]).float()
     torch.testing.assert_close(got, want)

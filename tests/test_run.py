@@ -1,6 +1,11 @@
+from pathlib import Path
+
 import pytest
 
+from cgar_src.book import run
 from cgar_src.book.run import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_profiles_load_and_validate():
@@ -13,6 +18,8 @@ def test_profiles_load_and_validate():
         load_profile("gpu")
     with pytest.raises(ValueError, match="datasets"):
         load_profile("cpu", ["datasets=[imdb]"])
+    with pytest.raises(ValueError, match="^parameter datasets must be a list .*got 'sst2'"):
+        load_profile("cpu", ["datasets=sst2"])      # a string is not a list of one dataset
     with pytest.raises(ValueError, match="shots"):
         load_profile("cpu", ["shots=[-1]"])
     with pytest.raises(ValueError, match="key=value"):
@@ -23,8 +30,6 @@ def test_profile_chapters_declare_the_engine_parameters():
     """Every transformer chapter of a profile has a papermill parameters cell that takes the model settings and an
     output folder, so `python -m cgar_src.book.run --profile paper` can re-point it to Llama-3 on a GPU."""
     import papermill as pm
-
-    from cgar_src.book.run import ROOT
 
     for name in ("cpu", "paper"):
         for ch in load_profile(name)["chapters"]:
@@ -44,3 +49,70 @@ def test_engine_settings_of_the_profiles():
     for bad in ("max_batch_tokens=0", "max_batch_tokens=1.5", "batch_size=-2", "max_batch_tokens=true"):
         with pytest.raises(ValueError, match=bad.split("=")[0]):
             load_profile("cpu", [bad])
+
+
+def test_profiles_are_package_data_read_through_importlib_resources():
+    """The profiles come from cgar_src.book.profiles (importlib.resources), which is the repository's params/ in
+    this editable install: the same files, the same parsed profiles."""
+    import importlib.resources
+
+    import yaml
+
+    folder = importlib.resources.files(run.PROFILES)
+    assert Path(str(folder)).resolve() == (ROOT / "params").resolve()
+    assert run.profile_names() == sorted(p.stem for p in (ROOT / "params").glob("*.yaml")) == ["cpu", "paper"]
+    for name in run.profile_names():
+        assert load_profile(name) == yaml.safe_load((ROOT / "params" / f"{name}.yaml").read_text())
+    assert load_profile(str(ROOT / "params" / "cpu.yaml")) == load_profile("cpu")   # a YAML path works too
+    with pytest.raises(ValueError, match=r"profile must be one of \['cpu', 'paper'\]"):
+        load_profile("no_such_profile.yaml")
+
+
+def test_installed_without_a_clone_loads_profiles_and_names_chapters(tmp_path, monkeypatch):
+    """Without a clone's chapters/ (an installed package), profiles still load; the chapter stage fails at once,
+    before any model, naming --chapters (or chapters=[]); --chapters points at a clone's chapters."""
+    monkeypatch.setattr(run, "clone_chapters", lambda: None)
+    paper = load_profile("paper")
+    cpu = load_profile("cpu")
+    with pytest.raises(ValueError, match=r"installed cgar_src does not carry: pass --chapters DIR.*chapters=\[\]"):
+        run.check_profile(cpu, tmp_path / "out")
+    assert run.check_profile(cpu, tmp_path / "out", ROOT / "chapters") == ROOT / "chapters"
+    assert run.check_profile(load_profile("cpu", ["chapters=[]"]), tmp_path / "out") is None
+    assert not (tmp_path / "out").exists()
+    declared = run.chapter_parameters(paper, "07_memory_collapse", tmp_path / "res", ROOT / "chapters")
+    assert declared["model_id"] == paper["model_id"] and declared["out_dir"] == str(tmp_path / "res" /
+                                                                                 "07_memory_collapse")
+    with pytest.raises(ValueError, match="--chapters"):
+        run.chapter_parameters(paper, "07_memory_collapse", tmp_path / "res")
+    with pytest.raises(ValueError, match=r"^parameter --chapters must be a folder with the profile's chapter "
+                                         r"notebooks, got .*missing \['06_attention_first_order.ipynb'"):
+        load_profile("cpu", chapters=tmp_path)
+    with pytest.raises(ValueError, match="parameter chapters must be a list"):
+        load_profile("cpu", ["chapters=07_memory_collapse"])
+
+
+def test_profile_command_checks_the_machine_before_any_model(tmp_path, monkeypatch, capsys):
+    """check_profile: device on this machine, model found, --out writable; main turns its ValueError into a usage
+    error (exit 2) naming the parameter, and never reaches the model."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(run, "profile_model", lambda prof: pytest.fail("the model was loaded"))
+    paper = load_profile("paper")                          # loads anywhere: it is checked against a GPU machine later
+    with pytest.raises(ValueError, match=r"^parameter device must be a device of this machine, one of \['cpu'\], "
+                                         r"got 'cuda'"):
+        run.check_profile(paper, tmp_path / "out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"^parameter --out must be a folder that can be created and written"):
+        run.check_profile(load_profile("cpu"), tmp_path / "file" / "out")
+    cases = {("--set", "device=cuda"): "parameter device", ("--out", str(tmp_path / "file" / "out")): "parameter --out",
+             ("--profile", "paper"): "parameter device", ("--set", "model_id=no/such-model"): "parameter model_id",
+             ("--chapters", str(tmp_path)): "parameter --chapters"}
+    for argv, named in cases.items():
+        with pytest.raises(SystemExit) as exit_:
+            run.main(["--out", str(tmp_path / "out"), *argv])
+        assert exit_.value.code == 2
+        assert named in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .lens import readout_rows
-from .._validate import class_indices
+from .._validate import indices
 from ..lm import Unembed
 
 __all__ = ["majority_class", "majority_correct", "label_restricted_correct", "calibrated_predictions",
@@ -30,12 +30,12 @@ __all__ = ["majority_class", "majority_correct", "label_restricted_correct", "ca
 
 def majority_class(reference) -> int:
     """The most frequent class of ``reference`` (ties: the smallest class index)."""
-    return int(torch.bincount(class_indices(reference, "reference")).argmax())
+    return int(torch.bincount(indices(reference, "reference", what="class indices")).argmax())
 
 
 def majority_correct(labels, reference=None) -> torch.Tensor:
     """Correctness of always answering the majority class of ``reference`` (default: ``labels`` themselves)."""
-    y = class_indices(labels)
+    y = indices(labels, "labels", what="class indices")
     c = majority_class(y if reference is None else reference)
     return (y == c).double()
 
@@ -51,7 +51,7 @@ def _logits(z, labels: torch.Tensor, name: str) -> torch.Tensor:
 
 def label_restricted_correct(label_logits, labels) -> torch.Tensor:
     """Correctness of the argmax over the label tokens' logits ``(P, n_labels)``."""
-    y = class_indices(labels)
+    y = indices(labels, "labels", what="class indices")
     return (_logits(label_logits, y, "label_logits").argmax(-1) == y).double()
 
 
@@ -68,7 +68,7 @@ def calibrated_predictions(label_logits, cf_label_logits) -> torch.Tensor:
 
 def calibrated_correct(label_logits, cf_label_logits, labels) -> torch.Tensor:
     """Correctness of :func:`calibrated_predictions`."""
-    y = class_indices(labels)
+    y = indices(labels, "labels", what="class indices")
     _logits(label_logits, y, "label_logits")
     return (calibrated_predictions(label_logits, cf_label_logits) == y).double()
 
@@ -79,8 +79,7 @@ def label_prior_vector(unembed: Unembed, label_token_ids: list[int], norms: torc
     :func:`cgar_src.analysis.lens.readout_basis`): to first order it raises every label's logit by the same amount and
     carries no preference among the labels. Scaled to each of ``norms`` (e.g. ``c_bar.norm(dim=-1)``, shape
     ``(L+1,)``); returns ``norms.shape + (d,)``."""
-    if not label_token_ids:
-        raise ValueError("label_token_ids must be a non-empty list of token ids")
+    indices(label_token_ids, "label_token_ids", unembed.weight.shape[0], what="token ids")
     R = readout_rows(unembed, label_token_ids, dtype=torch.float64)
     v = torch.linalg.pinv(R) @ torch.ones(R.shape[0], dtype=torch.float64, device=R.device)   # R^T (R R^T)^-1 1
     v = (v / v.norm()).float().cpu()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..theory import dynamics
-from .._validate import as_tensor, nonnegative, positive
+from .._validate import as_tensor, indices, nonnegative, positive
 from ..theory.gate import alpha_crit, gate
 
 __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_probs_dense", "log_probs_gated",
@@ -41,7 +41,9 @@ __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_pro
            "support_sizes",
            "GateStats", "gate_stats", "MultiStart", "multistart_fixed_points"]
 
+#: the models of the ICL distribution that :func:`cross_fit` evaluates
 MODELS = ("zero_shot", "dense", "gated", "fixed_point", "prior")
+#: the parameters of each model fitted on a grid, in grid-axis order
 GRID_MODELS = {"dense": ("beta", "lam"), "gated": ("alpha", "beta", "lam")}   # the fixed point: cross_fit_fixed_point
 
 
@@ -202,12 +204,7 @@ class GridFit:
 
 
 def _rows(rows, n: int) -> torch.Tensor:
-    if rows is None:
-        return torch.arange(n)
-    rows = torch.as_tensor(rows)
-    if rows.ndim != 1 or rows.numel() == 0 or rows.dtype.is_floating_point or bool(((rows < 0) | (rows >= n)).any()):
-        raise ValueError(f"rows must be a non-empty 1-d tensor of query indices in [0, {n})")
-    return rows.long()
+    return torch.arange(n) if rows is None else indices(rows, "rows", n, what="query indices")
 
 
 def _best(axes: dict, per_query: torch.Tensor, rows: torch.Tensor, model: str) -> GridFit:
@@ -383,42 +380,24 @@ def gate_stats(s_c, alpha: float, target) -> GateStats:
     (Theorem ``thm-separation``, chapter ``03_separation``). ``target``: ``(P,)`` token indices."""
     s_c = as_tensor(s_c, "s_c", ndim=2)
     alpha = positive(alpha, "alpha")
-    target = torch.as_tensor(target)
-    if target.shape != s_c.shape[:1] or target.dtype.is_floating_point:
-        raise ValueError(f"target must be {s_c.shape[0]} integer token indices, got {tuple(target.shape)} {target.dtype}")
-    if bool(((target < 0) | (target >= s_c.shape[1])).any()):
-        raise ValueError(f"target indices must lie in [0, {s_c.shape[1]})")
+    target = indices(target, "target", s_c.shape[1], shape=s_c.shape[:1], what="token indices")
     g = gate(s_c, alpha)
     support = (g > 0).sum(-1)
-    sep = dynamics.effective_separation(s_c, g, target.long(), 0.0)
+    sep = dynamics.effective_separation(s_c, g, target, 0.0)
     return GateStats(support=support, one_hot=support == 1, alpha_crit=alpha_crit(s_c), delta_gate=sep.gate)
 
 
 @dataclass
 class MultiStart:
     """Fixed points of :math:`\\Phi` from several starts: per query the number of distinct fixed points among the
-    converged runs and how many starts converged; per start the fixed points' argmax tokens."""
+    converged runs and how many starts converged; per start the fixed points' argmax tokens; the contraction bound
+    and the number of screened columns the solver iterated on."""
 
     n_distinct: torch.Tensor
     n_converged: torch.Tensor
     argmax: dict
     bound: float
     columns: int
-
-
-def _full_argmax(x: torch.Tensor, idx: torch.Tensor, s_q: torch.Tensor, rest_mask: torch.Tensor, beta: float,
-                 has_rest: bool) -> torch.Tensor:
-    """The vocabulary argmax of a reduced fixed point [p on C, total mass of the rest]: outside C the mass splits as
-    softmax(beta s_q) over the rest, so the rest's largest entry is that mass times its largest share."""
-    k = idx.shape[1]
-    best_c, arg_c = x[:, :k].max(-1)
-    tok = idx.gather(-1, arg_c[:, None])[:, 0]
-    if not has_rest:
-        return tok
-    z = torch.where(rest_mask, beta * s_q, -math.inf)
-    top, arg_r = z.max(-1)
-    best_r = x[:, k] * torch.exp(top - torch.logsumexp(z, -1))
-    return torch.where(best_r > best_c, arg_r, tok)
 
 
 @torch.no_grad()
@@ -428,11 +407,10 @@ def multistart_fixed_points(s_q, s_c, alpha: float, beta: float, lam: float, sta
     simplex; ``None`` = the first-order start) and count the distinct fixed points per query (two converged
     solutions are the same when their :math:`\ell_1` distance is below ``distinct_tol``).
 
-    Runs on the screened columns of :func:`cgar_src.theory.dynamics.support_screen` plus one column for the rest of the
-    vocabulary: :math:`\Phi(p)` depends on p only through the screened set C (no gate mass can reach the other
-    columns, chapter ``03_separation``), and outside C :math:`\Phi(p)_j \propto e^{\beta s_{q,j}}`, so the rest is one
-    entry with score :math:`\beta^{-1}\log\sum_{j\notin C}e^{\beta s_{q,j}}` and a context score low enough that the
-    gate never selects it. The reduced system has the same fixed points on C (and the same count)."""
+    Each start is solved by :func:`cgar_src.theory.dynamics.fixed_point` with ``screen=True``: the iteration runs on
+    the columns that can carry gate mass plus one for the rest of the vocabulary (:math:`\Phi(p)` depends on p only
+    through the screened columns, chapter ``03_separation``), so a start costs a few columns per step, not the
+    vocabulary; the solver returns the full fixed point."""
     s_q, s_c = _pair(s_q, s_c)
     alpha, beta, lam = positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam")
     if not isinstance(starts, dict) or not starts:
@@ -445,36 +423,19 @@ def multistart_fixed_points(s_q, s_c, alpha: float, beta: float, lam: float, sta
         if p0.shape not in ((N,), (P, N)) or bool((p0 < 0).any()) or not torch.allclose(
                 p0.sum(-1), torch.ones((), dtype=p0.dtype), atol=1e-6):
             raise ValueError(f"starts[{name!r}] must be a distribution over the {N} columns, shape ({N},) or ({P}, {N})")
-    idx = dynamics.support_screen(s_c, alpha, lam)
-    if idx is None:
-        idx = torch.arange(N).expand(P, N)
-    rest_mask = torch.ones_like(s_q, dtype=torch.bool).scatter(-1, idx, False)
-    has_rest = bool(rest_mask.any(-1).all())
-    sq_r, sc_r = s_q.gather(-1, idx), s_c.gather(-1, idx)
-    if has_rest:
-        rest = torch.logsumexp(torch.where(rest_mask, beta * s_q, -math.inf), -1) / beta
-        low = sc_r.amin(-1) - 2 * (alpha + lam) - 1
-        sq_r, sc_r = torch.cat([sq_r, rest[:, None]], -1), torch.cat([sc_r, low[:, None]], -1)
     sols, conv, argmax = [], [], {}
     for name, p0 in starts.items():
-        if p0 is None:
-            x0 = None
-        else:
-            p0 = as_tensor(p0, "p0", dtype=s_q.dtype).expand(P, N)
-            x0 = p0.gather(-1, idx)
-            if has_rest:
-                x0 = torch.cat([x0, (p0 * rest_mask).sum(-1, keepdim=True)], -1)
-        fp = dynamics.fixed_point(sq_r, sc_r, alpha, beta, lam, tol=tol, max_iter=max_iter, p0=x0)
+        fp = dynamics.fixed_point(s_q, s_c, alpha, beta, lam, tol=tol, max_iter=max_iter, p0=p0, screen=True)
         sols.append(fp.p)
         conv.append(fp.converged)
-        argmax[name] = _full_argmax(fp.p, idx, s_q, rest_mask, beta, has_rest)
-    sols, conv = torch.stack(sols), torch.stack(conv)          # (S, P, K), (S, P)
+        argmax[name] = fp.p.argmax(-1)
+    conv = torch.stack(conv)                                  # (S, P)
     n_distinct = torch.zeros(P, dtype=torch.long)
     for i in range(P):
         reps: list[torch.Tensor] = []
-        for s in range(sols.shape[0]):
-            if conv[s, i] and all(float((sols[s, i] - r).abs().sum()) > distinct_tol for r in reps):
-                reps.append(sols[s, i])
+        for s in range(len(sols)):
+            if conv[s, i] and all(float((sols[s][i] - r).abs().sum()) > distinct_tol for r in reps):
+                reps.append(sols[s][i])
         n_distinct[i] = len(reps)
     return MultiStart(n_distinct=n_distinct, n_converged=conv.sum(0), argmax=argmax,
-                      bound=dynamics.contraction_bound(alpha, beta, lam), columns=sols.shape[-1])
+                      bound=dynamics.contraction_bound(alpha, beta, lam), columns=fp.columns)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._validate import scalar, layer_indices
+from .._validate import indices, scalar
 from ..lm import Unembed
 
 __all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "rms_form", "logit_bias",
@@ -202,11 +202,11 @@ def additive_retrieval(unembed: Unembed, h_zero: torch.Tensor, c_bar: torch.Tens
     :math:`h_{zero}^{(l')} + \lambda\bar c^{(l)}` for every prompt. ``h_zero`` is ``(P, L+1, d)``; ``c_bar`` is
     ``(L+1, d)`` (one vector for all prompts) or ``(P, L+1, d)`` (one per prompt, e.g. leave-one-out means). Result
     fields have shape ``(P, len(query_layers), len(context_layers), len(lambdas))``. For an RMSNorm model
-    (:func:`rms_form`) the grid is computed by linearity of the unembedding (:func:`_additive_rms`, the same numbers
+    (:func:`rms_form`) the grid is computed by linearity of the unembedding (``_additive_rms``, the same numbers
     to float32 round-off), otherwise by one streamed decode per grid point."""
     n_layers = h_zero.shape[1]
-    layer_indices(context_layers, "context_layers", n_layers)
-    layer_indices(query_layers, "query_layers", n_layers)
+    indices(context_layers, "context_layers", n_layers, what="layer indices")
+    indices(query_layers, "query_layers", n_layers, what="layer indices")
     if c_bar.shape not in (h_zero.shape[1:], h_zero.shape):
         raise ValueError(f"c_bar must have shape {tuple(h_zero.shape[1:])} or {tuple(h_zero.shape)}, got {tuple(c_bar.shape)}")
     lam = torch.tensor([scalar(x, "lambdas") for x in lambdas], dtype=h_zero.dtype)
@@ -265,9 +265,8 @@ def readout_rows(unembed: Unembed, token_ids: list[int], *, through_norm: bool =
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     r"""The tokens' readout directions ``(k, d)`` in ``dtype``: :math:`\gamma \odot w_y` (``through_norm=True``,
     the final norm's gain times the unembedding row, when the norm has a gain) or the rows :math:`w_y`."""
-    if not token_ids:
-        raise ValueError("token_ids must be a non-empty list of token ids")
-    rows = unembed.weight[torch.as_tensor(token_ids, device=unembed.weight.device)].to(dtype)
+    ids = indices(token_ids, "token_ids", unembed.weight.shape[0], what="token ids")
+    rows = unembed.weight[ids.to(unembed.weight.device)].to(dtype)
     gain = getattr(unembed.final_norm, "weight", None)
     if through_norm and gain is not None:
         rows = rows * gain.to(dtype)
@@ -279,3 +278,209 @@ def span_fraction(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     :math:`\|Q^\top v\|^2/\|v\|^2`. A random direction has expected fraction k/d."""
     v = vectors.float()
     return ((v @ basis) ** 2).sum(-1) / (v ** 2).sum(-1)
+
+
+# --- chapter 06: validity of the first-order (additive) approximation, computed in float64 ---------------------
+
+__all__ += ["FirstOrderCheck", "first_order_check"]
+
+
+@dataclass
+class FirstOrderCheck:
+    r"""What :func:`first_order_check` measured, per context layer (``C``), coupling (``K``) and query (``P``): the
+    relative remainder :math:`\rho(\lambda) = \|z(\lambda) - s_q - \lambda s_c\| / \|z(\lambda) - s_q\|` of the
+    first-order expansion :math:`z(\lambda) = W_U\mathrm{Norm}(h + \lambda\bar c^{(l)}) = s_q + \lambda s_c +
+    O(\lambda^2)` (book chapter ``06_attention_first_order``, equation ``additive-first-order``) and whether the full
+    and the linearised logits have the same argmax."""
+
+    lambdas: torch.Tensor       # (K,) float64, the couplings
+    context_layers: list[int]   # the C layers the context vectors were taken from
+    remainder: torch.Tensor     # (C, K, P) float64: ||z(lam) - s_q - lam s_c|| / ||z(lam) - s_q||
+    agree: torch.Tensor         # (C, K, P) bool: argmax of z(lam) == argmax of s_q + lam s_c
+
+    def median_remainder(self) -> torch.Tensor:
+        """``(C, K)``: the median relative remainder over the queries (``torch.median``: the lower of the two middle
+        values for an even number of queries)."""
+        return self.remainder.median(dim=-1).values
+
+    def agreement(self) -> torch.Tensor:
+        """``(C, K)`` float64: the fraction of queries whose full and linearised decodes pick the same token."""
+        return self.agree.double().mean(-1)
+
+    def slopes(self, fit_range: list[float] | tuple[float, float]) -> dict[int, float]:
+        r"""Per context layer, the least-squares slope of :math:`\log` median remainder against :math:`\log\lambda`
+        over the couplings with ``fit_range[0] <= lambda <= fit_range[1]``. The remainder of the first-order
+        expansion is :math:`O(\lambda^2)` and the logit change :math:`O(\lambda)`, so the relative remainder has
+        slope 1 where the expansion holds (book chapter ``06_attention_first_order``)."""
+        if not isinstance(fit_range, (list, tuple)) or len(fit_range) != 2:
+            raise ValueError(f"fit_range must be a pair [low, high] of couplings, got {fit_range!r}")
+        lo, hi = scalar(fit_range[0], "fit_range"), scalar(fit_range[1], "fit_range")
+        sel = (self.lambdas >= lo) & (self.lambdas <= hi)
+        if not 0 < lo < hi or int(sel.sum()) < 2:
+            raise ValueError(f"fit_range must satisfy 0 < low < high and hold at least two of the lambdas "
+                             f"{self.lambdas.tolist()}, got {list(fit_range)}")
+        x = self.lambdas[sel].log()
+        y = self.median_remainder()[:, sel].log()
+        xc = x - x.mean()
+        slope = ((y - y.mean(-1, keepdim=True)) * xc).sum(-1) / (xc * xc).sum()
+        return {l: float(s) for l, s in zip(self.context_layers, slope)}
+
+
+@torch.no_grad()
+def first_order_check(unembed: Unembed, h: torch.Tensor, c_bar: torch.Tensor, *, lambdas: list[float],
+                      context_layers: list[int], vocab_chunk: int = 8192) -> FirstOrderCheck:
+    r"""How well the additive score is approximated by its first order (book chapter ``06_attention_first_order``,
+    equation ``additive-first-order``): with :math:`z(\lambda) = W_U\,\mathrm{Norm}(h + \lambda\bar c^{(l)})`,
+    :math:`s_q = z(0)` and :math:`s_c = W_U J_{Norm}(h)\,\bar c^{(l)}`,
+
+    .. math::
+        z(\lambda) = s_q + \lambda s_c + O(\lambda^2), \qquad
+        \rho(\lambda) = \frac{\|z(\lambda) - s_q - \lambda s_c\|}{\|z(\lambda) - s_q\|},
+
+    for every query state (rows of ``h``, ``(P, d)``, one layer), context layer (rows ``context_layers`` of
+    ``c_bar``, ``(L+1, d)``) and coupling in ``lambdas`` (positive); also whether :math:`\arg\max z(\lambda)` equals
+    :math:`\arg\max(s_q + \lambda s_c)`.
+
+    Both numerator and denominator are differences of nearly equal logit vectors, so they are never formed by
+    subtraction in float32. For an RMSNorm model (:func:`rms_form`: :math:`\mathrm{Norm}(x) = \gamma\odot x/r(x)`,
+    :math:`r(x)^2 = \|x\|^2/d + \epsilon`) they are computed in closed form, in float64: with :math:`r_0 = r(h)`,
+    :math:`r = r(h + \lambda c)`, :math:`\Delta = r^2 - r_0^2 = (2\lambda\,h\cdot c + \lambda^2\|c\|^2)/d`,
+    :math:`B = 1/r - 1/r_0 = -\Delta/(r r_0 (r + r_0))` and
+
+    .. math::
+        A = B + \frac{\lambda\,h\cdot c}{d\,r_0^3}
+          = \frac{\lambda\,h\cdot c}{d}\,\frac{(r - r_0)(r + 2r_0)}{r_0^3\,r\,(r + r_0)}
+            - \frac{\lambda^2\|c\|^2}{d\,r\,r_0\,(r + r_0)}, \qquad r - r_0 = \frac{\Delta}{r + r_0},
+
+    the remainder is :math:`W_U(\gamma\odot(A\,h + \lambda B\,c))` and the logit change
+    :math:`W_U(\gamma\odot(B\,h + \lambda c/r))`: no cancelling terms, exact to float64 round-off for any
+    :math:`\lambda > 0`. Other norms (e.g. LayerNorm) are evaluated from a float64 copy of the final norm, where the
+    subtractions lose at most :math:`\sim 10^{-16}/\lambda^2` of relative accuracy (a warning is issued when that
+    copy does not compute in float64). The unembedding is read in float64 in chunks of ``vocab_chunk`` rows (its
+    bias, if any, cancels in both differences and enters the argmax)."""
+    W = unembed.weight
+    d = W.shape[1]
+    if not isinstance(h, torch.Tensor) or h.ndim != 2 or h.shape[-1] != d or h.shape[0] == 0:
+        raise ValueError(f"h must be query states of shape (P, {d}), got "
+                         f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
+    if not isinstance(c_bar, torch.Tensor) or c_bar.ndim != 2 or c_bar.shape[-1] != d:
+        raise ValueError(f"c_bar must be context vectors of shape (L+1, {d}), got "
+                         f"{tuple(c_bar.shape) if isinstance(c_bar, torch.Tensor) else type(c_bar).__name__}")
+    layers = indices(context_layers, "context_layers", c_bar.shape[0], what="layer indices").tolist()
+    if not isinstance(lambdas, (list, tuple)) or not lambdas:
+        raise ValueError(f"lambdas must be a non-empty list of positive couplings, got {lambdas!r}")
+    lam = torch.tensor([scalar(x, "lambdas") for x in lambdas], dtype=torch.float64)
+    if bool((lam <= 0).any()):
+        raise ValueError(f"lambdas must be positive (the relative remainder is 0/0 at lambda = 0), got {list(lambdas)}")
+    if isinstance(vocab_chunk, bool) or not isinstance(vocab_chunk, int) or vocab_chunk < 1:
+        raise ValueError(f"vocab_chunk must be a positive integer, got {vocab_chunk!r}")
+    dev = W.device if W.device.type != "mps" else torch.device("cpu")   # MPS has no float64
+    h64 = h.to(dev, torch.float64)
+    c64 = c_bar[layers].to(dev, torch.float64)
+    bias = getattr(unembed.unembedding, "bias", None)
+    rms = rms_form(unembed)
+    parts = (_first_order_rms(W, bias, *rms, h64, c64, lam.to(dev), vocab_chunk) if rms is not None else
+             _first_order_generic(unembed, W, bias, h64, c64, lam.to(dev), vocab_chunk))
+    num, den, agree = (t.cpu() for t in parts)
+    return FirstOrderCheck(lambdas=lam, context_layers=layers, remainder=num.sqrt() / den.sqrt(),
+                           agree=agree)
+
+
+class _RunningArgmax:
+    """Argmax over the vocabulary, streamed over chunks, per (context layer, coupling, query)."""
+
+    def __init__(self, C: int, K: int, P: int, device: torch.device):
+        self.best = torch.full((C, K, P), -math.inf, dtype=torch.float64, device=device)
+        self.arg = torch.zeros(C, K, P, dtype=torch.long, device=device)
+
+    def update(self, j: int, k: int, start: int, z: torch.Tensor) -> None:
+        """Logits ``z`` ``(P, V_c)`` of the chunk whose first token id is ``start``."""
+        cmax, carg = z.max(-1)
+        better = cmax > self.best[j, k]
+        self.best[j, k] = torch.where(better, cmax, self.best[j, k])
+        self.arg[j, k] = torch.where(better, carg + start, self.arg[j, k])
+
+
+def _vocab_chunks(W: torch.Tensor, bias: torch.Tensor | None, vocab_chunk: int, device: torch.device):
+    """``(start, W_chunk, bias_chunk)`` in float64 (bias chunk None when the unembedding has no bias)."""
+    for start in range(0, W.shape[0], vocab_chunk):
+        Wc = W[start:start + vocab_chunk].to(device, torch.float64)
+        bc = None if bias is None else bias[start:start + vocab_chunk].to(device, torch.float64)
+        yield start, Wc, bc
+
+
+def _first_order_rms(W: torch.Tensor, bias: torch.Tensor | None, gain: torch.Tensor, eps: float, h: torch.Tensor,
+                     c: torch.Tensor, lam: torch.Tensor, vocab_chunk: int):
+    r""":func:`first_order_check` for an RMSNorm model, in closed form (float64; the formulas are in its docstring).
+    Every logit vector is :math:`a\,z_h + b\,z_c` with :math:`z_h = W_U(\gamma\odot h)`,
+    :math:`z_c = W_U(\gamma\odot c)` and per-query coefficients, so the squared norms are the quadratic forms
+    :math:`a^2 z_h\cdot z_h + 2ab\,z_h\cdot z_c + b^2 z_c\cdot z_c` of three inner products, and only the argmax
+    needs the logits themselves."""
+    d = h.shape[-1]
+    g = gain.to(h.device, torch.float64)
+    hc = c @ h.T                                           # (C, P)
+    cc = (c * c).sum(-1)[:, None, None]                    # (C, 1, 1)
+    r0 = torch.sqrt((h * h).sum(-1) / d + eps)             # (P,)
+    lv = lam[None, :, None]                                # (1, K, 1)
+    hcv = hc[:, None, :]                                   # (C, 1, P)
+    delta = (2 * lv * hcv + lv ** 2 * cc) / d              # r^2 - r0^2, (C, K, P)
+    r = torch.sqrt(r0 ** 2 + delta)
+    s = r + r0
+    B = -delta / (r * r0 * s)                              # 1/r - 1/r0
+    A = lv * hcv / d * (delta / s) * (r + 2 * r0) / (r0 ** 3 * r * s) - lv ** 2 * cc / (d * r * r0 * s)
+    lin_h = 1 - lv * hcv / (d * r0 ** 2)                   # s_q + lam s_c = (lin_h z_h + lam z_c) / r0
+    C, K, P = r.shape
+    zhh = torch.zeros(P, dtype=torch.float64, device=h.device)
+    zhc = torch.zeros(C, P, dtype=torch.float64, device=h.device)
+    zcc = torch.zeros(C, dtype=torch.float64, device=h.device)
+    full, lin = _RunningArgmax(C, K, P, h.device), _RunningArgmax(C, K, P, h.device)
+    for start, Wc, bc in _vocab_chunks(W, bias, vocab_chunk, h.device):
+        zh, zc = (h * g) @ Wc.T, (c * g) @ Wc.T            # (P, V_c), (C, V_c)
+        zhh += (zh * zh).sum(-1)
+        zhc += zc @ zh.T
+        zcc += (zc * zc).sum(-1)
+        for j in range(C):
+            for k, lk in enumerate(lam.tolist()):
+                zf = torch.add(zh, zc[j], alpha=lk)          # r * z(lam) without the bias
+                zl = torch.addcmul(lk * zc[j], lin_h[j, k][:, None], zh)   # r0 * (s_q + lam s_c)
+                if bc is not None:
+                    zf, zl = zf / r[j, k][:, None] + bc, zl / r0[:, None] + bc
+                full.update(j, k, start, zf)                 # r, r0 > 0: the argmax of the logits either way
+                lin.update(j, k, start, zl)
+
+    def sq_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:   # ||a z_h + b z_c||^2, (C, K, P)
+        return (a * a * zhh + 2 * a * b * zhc[:, None, :] + b * b * zcc[:, None, None]).clamp_min(0)
+
+    return sq_norm(A, lv * B), sq_norm(B, lv / r), full.arg == lin.arg
+
+
+def _first_order_generic(unembed: Unembed, W: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
+                         c: torch.Tensor, lam: torch.Tensor, vocab_chunk: int):
+    """:func:`first_order_check` for any final norm: a float64 copy of the norm; the differences are taken between
+    float64 state vectors, then mapped through W_U in float64."""
+    import copy
+    import warnings
+
+    norm = copy.deepcopy(unembed.final_norm).to(h.device, torch.float64)
+    x = torch.randn(2, h.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(h.device)
+    if torch.equal(norm(x), norm(x.float().double())):
+        warnings.warn(f"{type(norm).__name__} does not compute in float64 (its output ignores input bits below "
+                      "float32): the first-order remainder is accurate only to float32 round-off", stacklevel=3)
+    n0 = norm(h)                                                                        # (P, d)
+    jc = torch.stack([torch.func.jvp(norm, (h,), (cj.expand_as(h),))[1] for cj in c])   # (C, P, d)
+    full = torch.stack([torch.stack([norm(h + lk * cj) for lk in lam]) for cj in c])    # (C, K, P, d)
+    lin = n0 + lam[None, :, None, None] * jc[:, None]
+    rem, dz = full - lin, full - n0
+    C, K, P = full.shape[:3]
+    num = torch.zeros(C, K, P, dtype=torch.float64, device=h.device)
+    den = torch.zeros_like(num)
+    arg_full, arg_lin = _RunningArgmax(C, K, P, h.device), _RunningArgmax(C, K, P, h.device)
+    for start, Wc, bc in _vocab_chunks(W, bias, vocab_chunk, h.device):
+        num += ((rem @ Wc.T) ** 2).sum(-1)
+        den += ((dz @ Wc.T) ** 2).sum(-1)
+        for j in range(C):
+            for k in range(K):
+                zf, zl = full[j, k] @ Wc.T, lin[j, k] @ Wc.T
+                arg_full.update(j, k, start, zf if bc is None else zf + bc)
+                arg_lin.update(j, k, start, zl if bc is None else zl + bc)
+    return num, den, arg_full.arg == arg_lin.arg

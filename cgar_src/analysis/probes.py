@@ -23,44 +23,45 @@ import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .._validate import class_indices, int_in_range, positive
+from .steering import folds_of
+from .._validate import indices, int_in_range, positive
 from ..lm import Unembed
 
-__all__ = ["probe_correct", "lexical_probe_correct", "label_logits", "centred_lens_correct", "onset_layer", "folds"]
+__all__ = ["probe_correct", "lexical_probe_correct", "label_logits", "centred_lens_correct", "onset_layer"]
 
 LEXICAL_CS = (0.1, 1.0, 10.0, 100.0)  # the grid the lexical baseline chooses its L2 penalty from, inside each fold
 
 
 def _labels(labels, n: int | None = None) -> np.ndarray:
-    y = class_indices(labels)
+    y = indices(labels, "labels", what="class indices")
     if n is not None and y.numel() != n:
         raise ValueError(f"labels must have one entry per query ({n}), got {y.numel()}")
     return y.numpy()
 
 
-def folds(n: int, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The (train, test) index pairs every readout of this module uses: ``KFold(n_folds, shuffle=True,
-    random_state=seed)`` over ``n`` queries (not stratified, so rare classes need not appear in every fold)."""
-    int_in_range(n_folds, "n_folds", 2, n, " (the number of queries)")
-    return list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(n)))
+def _cv(n: int, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, test) index pairs every readout of this module uses, as NumPy arrays for scikit-learn:
+    :func:`cgar_src.analysis.steering.folds_of` with ``scheme="kfold"`` (scikit-learn's ``KFold(n_folds,
+    shuffle=True, random_state=seed)`` partition; not stratified, so rare classes need not appear in every fold)."""
+    return [(fit.numpy(), ev.numpy()) for fit, ev in folds_of(n, n_folds, seed, scheme="kfold")]
 
 
 def probe_correct(states: torch.Tensor, labels: torch.Tensor, *, n_folds: int = 5, C: float = 1.0, seed: int = 0,
                   max_iter: int = 500, progress: bool = True) -> torch.Tensor:
     """Held-out correctness ``(P, L+1)`` of a per-layer logistic-regression probe on ``states`` ``(P, L+1, d)``:
     standardised features, L2 penalty ``C`` (lbfgs, at most ``max_iter`` iterations), predictions cross-validated on
-    :func:`folds`."""
+    :func:`cgar_src.analysis.steering.folds_of` (``scheme="kfold"``)."""
     if states.ndim != 3 or states.shape[0] != torch.as_tensor(labels).shape[0]:
         raise ValueError(f"states must be (P, L+1, d) with P = len(labels) = {torch.as_tensor(labels).shape[0]}, "
                          f"got {tuple(states.shape)}")
     y = _labels(labels)
-    cv = folds(len(y), n_folds, seed)
+    cv = _cv(len(y), n_folds, seed)
     positive(C, "C")
     int_in_range(max_iter, "max_iter", 1)
     out = torch.zeros(states.shape[:2])
@@ -88,13 +89,13 @@ def _fit_predict(C: float, texts: np.ndarray, y: np.ndarray, train: np.ndarray, 
 def lexical_probe_correct(texts: list[str], labels, *, n_folds: int = 5, seed: int = 0, Cs=LEXICAL_CS,
                           inner_folds: int = 3) -> torch.Tensor:
     r"""Held-out correctness ``(P,)`` of a bag-of-words baseline on the query texts: TF-IDF of word uni- and
-    bigrams, then an L2 logistic regression, on the same :func:`folds` as :func:`probe_correct`. Its penalty is
+    bigrams, then an L2 logistic regression, on the same folds as :func:`probe_correct`. Its penalty is
     chosen per outer fold from ``Cs`` by an inner ``inner_folds``-fold cross-validation on that fold's training
     queries only (nested, so no query ever informs its own prediction): the baseline is given its best chance."""
     if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise ValueError("texts must be a non-empty list of non-empty strings (the query texts)")
     y = _labels(labels, len(texts))
-    cv = folds(len(y), n_folds, seed)
+    cv = _cv(len(y), n_folds, seed)
     Cs = tuple(Cs)
     if not Cs:
         raise ValueError("Cs must hold at least one penalty")
@@ -112,7 +113,7 @@ def _nested(X: np.ndarray, y: np.ndarray, cv, Cs: tuple, inner_folds: int, seed:
     for train, test in cv:
         if len(train) < inner_folds:
             raise ValueError(f"inner_folds={inner_folds} exceeds the {len(train)} training queries of a fold")
-        inner = list(KFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(train))
+        inner = _cv(len(train), inner_folds, seed)
         score = [np.mean(np.concatenate([_fit_predict(C, X[train], y[train], tr, te) == y[train][te]
                                          for tr, te in inner])) for C in Cs]
         best = Cs[int(np.argmax(score))]               # ties: the smallest C (strongest penalty) listed first
@@ -126,18 +127,17 @@ def label_logits(unembed: Unembed, states: torch.Tensor, label_token_ids: list[i
     W = unembed.weight
     if states.ndim < 1 or states.shape[-1] != W.shape[1]:
         raise ValueError(f"states must end in the hidden size {W.shape[1]}, got {tuple(states.shape)}")
-    if not label_token_ids or not all(0 <= int(t) < W.shape[0] for t in label_token_ids):
-        raise ValueError(f"label_token_ids must be a non-empty list of token ids in [0, {W.shape[0]})")
+    ids = indices(label_token_ids, "label_token_ids", W.shape[0], what="token ids")
     with torch.no_grad():
-        rows = W[torch.as_tensor(label_token_ids, device=W.device)]
+        rows = W[ids.to(W.device)]
         return (unembed.normalize(states) @ rows.T).float().cpu()
 
 
 def centred_lens_correct(label_logits: torch.Tensor, labels, *, n_folds: int = 5, seed: int = 0) -> torch.Tensor:
     r"""Held-out correctness of the bias-corrected lens readout :math:`\arg\max_y (z_{iy} - \bar z_y)`, where
-    :math:`\bar z_y` is label y's mean logit over the training queries of query i's fold (:func:`folds`; no labels
-    are used, only the queries' own logits). ``label_logits`` is ``(P, n_labels)`` or ``(P, L+1, n_labels)`` (then
-    every layer is centred separately); returns ``(P,)`` or ``(P, L+1)``."""
+    :math:`\bar z_y` is label y's mean logit over the training queries of query i's fold (the folds of
+    :func:`probe_correct`; no labels are used, only the queries' own logits). ``label_logits`` is ``(P, n_labels)``
+    or ``(P, L+1, n_labels)`` (then every layer is centred separately); returns ``(P,)`` or ``(P, L+1)``."""
     z = torch.as_tensor(label_logits, dtype=torch.float64)
     if z.ndim not in (2, 3):
         raise ValueError(f"label_logits must be (P, n_labels) or (P, L+1, n_labels), got {tuple(z.shape)}")
@@ -147,7 +147,7 @@ def centred_lens_correct(label_logits: torch.Tensor, labels, *, n_folds: int = 5
     if not torch.isfinite(z).all():
         raise ValueError("label_logits must be finite")
     centred = torch.empty_like(z)
-    for train, test in folds(z.shape[0], n_folds, seed):
+    for train, test in _cv(z.shape[0], n_folds, seed):
         centred[test] = z[test] - z[train].mean(0, keepdim=True)
     return (centred.argmax(-1) == torch.from_numpy(y).reshape(-1, *[1] * (z.ndim - 2))).float()
 

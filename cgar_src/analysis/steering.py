@@ -14,14 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import lens
-from .._validate import int_in_range, layer_indices
+from .._validate import indices, int_in_range
 from ..lm.cache import cached_states
 from ..lm import LoadedModel, Patch, Unembed
 
-__all__ = ["HeldOut", "folds_of", "heldout_additive", "heldout_task_vector"]
+__all__ = ["HeldOut", "FOLD_SCHEMES", "folds_of", "heldout_additive", "heldout_task_vector"]
 
 
 @dataclass
@@ -34,12 +35,31 @@ class HeldOut:
     control_correct: torch.Tensor | None = None
 
 
-def folds_of(n: int, n_folds: int = 2, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A seeded random partition of ``range(n)`` into ``n_folds`` folds: ``(fit, evaluate)`` index pairs, where each
-    fold is evaluated once with everything fitted on the other folds."""
+FOLD_SCHEMES = ("strided", "kfold")
+
+
+def folds_of(n: int, n_folds: int = 2, seed: int = 0, *,
+             scheme: str = "strided") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded random partition of ``range(n)`` into ``n_folds`` folds: ``(fit, evaluate)`` pairs of sorted index
+    tensors, where each fold is evaluated once with everything fitted on the other folds (cross-fitting; the one
+    fold generator of the transformer chapters).
+
+    ``scheme`` says how the seeded permutation is cut: ``"strided"`` (chapters 11 and 12), fold i is every
+    ``n_folds``-th entry of ``torch.randperm(n)`` from position i; ``"kfold"`` (chapter 10's probes), consecutive
+    blocks (the first ``n % n_folds`` one longer) of ``numpy.random.RandomState(seed).permutation(n)``, the partition
+    of scikit-learn's ``KFold(n_folds, shuffle=True, random_state=seed)``. Neither is stratified."""
+    n = int_in_range(n, "n", 2, note=" (the number of queries)")
     int_in_range(n_folds, "n_folds", 2, n, " (the number of queries)")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    parts = [perm[i::n_folds].sort().values for i in range(n_folds)]
+    int_in_range(seed, "seed", 0, 2**32 - 1)
+    if scheme == "strided":
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        parts = [perm[i::n_folds] for i in range(n_folds)]
+    elif scheme == "kfold":
+        perm = torch.from_numpy(np.random.RandomState(seed).permutation(n))
+        parts = list(perm.split([n // n_folds + (i < n % n_folds) for i in range(n_folds)]))
+    else:
+        raise ValueError(f"scheme must be one of {FOLD_SCHEMES}, got {scheme!r}")
+    parts = [q.sort().values for q in parts]
     return [(torch.cat([q for j, q in enumerate(parts) if j != i]).sort().values, parts[i]) for i in range(n_folds)]
 
 
@@ -92,7 +112,8 @@ def heldout_task_vector(lm: LoadedModel, unembed: Unembed, zero_prompts: list[st
     if len(zero_prompts) != h_icl.shape[0] or labels.shape[0] != h_icl.shape[0]:
         raise ValueError(f"zero_prompts ({len(zero_prompts)}), h_icl {tuple(h_icl.shape)} and labels "
                          f"{tuple(labels.shape)} must have one entry per query")
-    layer_indices(layers, "layers", lm.n_layers)  # block inputs: entry L (the final norm's input) is not a block
+    # block inputs: entry L (the final norm's input) is not a block
+    indices(layers, "layers", lm.n_layers, what="layer indices")
     P, L = h_icl.shape[0], lm.n_layers
     correct, mass = torch.zeros(P, dtype=torch.float64), torch.zeros(P)
     choices = []

@@ -1,20 +1,36 @@
 """One validation of every chapter's parameters, run in the cell right after the ``parameters`` cell.
 
 Each chapter calls ``validate_parameters(globals())`` before it loads a model or data, so a bad value given to
-papermill (``-p seed abc``, ``-y "shots: [one]"``) fails in well under a second with a ``ValueError`` that names the
+papermill (``-p seed abc``, ``-y "shots: [one]"``) fails in seconds with a ``ValueError`` that names the
 parameter, its value and what is allowed, instead of after minutes of extraction. The rules live in one registry,
 :data:`RULES`, keyed by parameter name and shared by every chapter (``seed`` means the same everywhere). A name
 without a rule is not checked here; ``tests/test_params.py`` fails when a chapter declares a parameter that has no
-rule, so every new parameter gets one. Checking is cheap: types, ranges and membership only, no model and no data.
+rule, so every new parameter gets one.
+
+Three kinds of check, in this order, all before any model or state is loaded:
+
+1. the rules of :data:`RULES`: types, ranges and membership of each value on its own;
+2. rules across parameters (:func:`check_across`): ``n_queries`` at most the query split of every dataset in
+   ``datasets`` (or ``dataset``), counted from the dataset files (a fraction of a second);
+3. this machine (:func:`check_machine`): ``device`` (and the devices of a ``device_map`` dict) exists here,
+   ``model_id`` can be found (the default model, a local model folder, or a hub id that is in the local Hugging Face
+   cache or, online, on the hub), and ``out_dir`` can be created and written (:func:`check_output_folder`: a probe
+   file is written and removed; folders the probe created are removed again, so a check leaves nothing behind).
+
+``validate_parameters(ns, machine=False)`` runs the first two only: what a profile file can be checked for on any
+machine (``cgar_src.book.run.load_profile``); the profile command runs all three before it loads a model.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+import uuid
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["RULES", "Rule", "validate_parameters", "check"]
+__all__ = ["RULES", "Rule", "validate_parameters", "check", "check_across", "check_machine", "check_output_folder",
+           "available_devices"]
 
 
 class Rule:
@@ -92,6 +108,7 @@ def _dataset(v: Any) -> bool:
 
 
 _DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)\Z")
+_MAP_TARGET = re.compile(r"(cpu|disk|mps|cuda(:\d+)?)\Z")   # where a device_map dict may place a module
 _RELATION = re.compile(r"P[1-9]\d*\Z")
 _DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
@@ -101,11 +118,21 @@ _PATH = Rule("a non-empty path (string or os.PathLike)",
              lambda v: (isinstance(v, str) and v.strip() != "") or isinstance(v, os.PathLike))
 
 
+def _device_map_ok(v: Any) -> bool:
+    if v is None or (isinstance(v, str) and v in _DEVICE_MAPS):
+        return True
+    return (isinstance(v, dict) and len(v) > 0 and all(isinstance(k, str) for k in v)
+            and all((_is_int(t) and t >= 0) or (isinstance(t, str) and bool(_MAP_TARGET.match(t))) for t in v.values()))
+
+
 def _fit_range(v: list) -> bool:
     return len(v) == 2 and 0 < v[0] < v[1]
 
 
 # --- the registry: one entry per parameter name, alphabetical (case-insensitive) ---------------------------------
+#: the rule of every chapter parameter, keyed by name
+#:
+#: :meta hide-value:
 RULES: dict[str, Rule] = {
     "alpha": _real(0, strict=True, what=" (gate penalisation)"),
     "alphas": _list(lambda x: _is_real(x) and x > 0, "finite numbers > 0 (gate penalisations)", unique=True),
@@ -128,8 +155,8 @@ RULES: dict[str, Rule] = {
     "dataset": Rule(f"one of the datasets in cgar_src.tasks.data.TASKS {list(_task_names())}", _dataset),
     "datasets": _list(_dataset, f"dataset names from cgar_src.tasks.data.TASKS {list(_task_names())}", unique=True),
     "device": Rule("'cpu', 'mps', 'cuda' or 'cuda:N'", lambda v: isinstance(v, str) and bool(_DEVICE.match(v))),
-    "device_map": Rule(f"None, one of {list(_DEVICE_MAPS)} or a dict of module names to devices",
-                       lambda v: v is None or (isinstance(v, str) and v in _DEVICE_MAPS) or isinstance(v, dict)),
+    "device_map": Rule(f"None, one of {list(_DEVICE_MAPS)} or a non-empty dict of module names to devices (a GPU "
+                       "index >= 0, 'cpu', 'disk', 'mps', 'cuda' or 'cuda:N')", lambda v: _device_map_ok(v)),
     "dim": _int(1, what=" (pattern dimension)"),
     "dims": _list(lambda x: _is_int(x) and x >= 1, "integers >= 1 (pattern dimensions)", unique=True),
     "dtype": _choice("float32", "float16", "bfloat16"),
@@ -206,15 +233,177 @@ def check(name: str, value: Any) -> None:
     rule.check(name, value)
 
 
-def validate_parameters(namespace: Mapping[str, Any]) -> None:
+def _fail(name: str, allowed: str, value: Any, why: str = "") -> None:
+    raise ValueError(f"parameter {name} must be {allowed}, got {value!r}" + (f" ({why})" if why else ""))
+
+
+# --- rules across parameters ------------------------------------------------------------------------------------
+
+def check_across(namespace: Mapping[str, Any]) -> None:
+    """Rules that tie parameters together, for values that passed :data:`RULES`.
+
+    ``n_queries`` (queries sampled per dataset, without replacement) must not exceed the query split of any dataset
+    of ``datasets`` (or ``dataset``): counted from the dataset files (:func:`cgar_src.tasks.data.load_examples`;
+    sha256-checked, a fraction of a second). Skipped when the data come from the Hugging Face hub
+    (``CGAR_DATA_DIR=hub``: a download is no check), where sampling raises the same error later.
+    """
+    names = namespace.get("datasets", [namespace["dataset"]] if "dataset" in namespace else None)
+    if "n_queries" not in namespace or not names:
+        return
+    from cgar_src.tasks.data import TASKS, data_dir, load_examples
+
+    if data_dir() is None:
+        return
+    sizes = {ds: len(load_examples(ds, TASKS[ds].query_split)) for ds in names}
+    smallest = min(sizes, key=sizes.get)
+    if namespace["n_queries"] > sizes[smallest]:
+        split = TASKS[smallest].query_split
+        _fail("n_queries", f"at most {sizes[smallest]}, the {split} examples of {smallest} (query examples per "
+              f"dataset: {sizes})", namespace["n_queries"])
+
+
+# --- this machine -----------------------------------------------------------------------------------------------
+
+def available_devices() -> list[str]:
+    """The torch devices of this machine: ``cpu``, then ``cuda`` and ``cuda:0`` .. ``cuda:{n-1}`` for the
+    ``torch.cuda.device_count()`` GPUs, then ``mps`` where ``torch.backends.mps.is_available()``."""
+    import torch
+
+    n = torch.cuda.device_count()
+    return ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n)] if n else []) + (
+        ["mps"] if torch.backends.mps.is_available() else [])
+
+
+def _check_device(name: str, value: Any) -> None:
+    where = "cuda:0" if value == "cuda" else value   # 'cuda' is the current GPU: there must be one
+    if value == "cpu":
+        return
+    devices = available_devices()
+    if where not in devices:
+        _fail(name, f"a device of this machine, one of {devices}", value)
+
+
+def _check_device_map(value: Any) -> None:
+    if not isinstance(value, dict):
+        return   # None and the strategies ("auto", ...) place modules on whatever devices exist
+    devices = available_devices()
+    for module, target in value.items():
+        where = f"cuda:{target}" if _is_int(target) else "cuda:0" if target == "cuda" else target
+        if where != "disk" and where not in devices:
+            _fail("device_map", f"a dict whose devices exist on this machine ({devices} or 'disk')", value,
+                  f"module {module!r} is placed on {target!r}")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "0").strip().lower() not in ("0", "", "false", "no", "off")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _check_model_id(value: str, revision: str | None = None) -> None:
+    """``model_id`` names a model that :func:`cgar_src.lm.load_model` can find, checked without loading it: the
+    default model's name, an existing local folder with a ``config.json``, or a hub id whose ``config.json`` (at
+    ``revision``) is in the local Hugging Face cache; otherwise the hub id must exist on the hub (one metadata
+    request, 10 s timeout), which needs the hub: offline (``HF_HUB_OFFLINE``) or unreachable, it is an error here,
+    as it would be in ``load_model`` after retries."""
+    from cgar_src.lm import DEFAULT_MODEL
+
+    allowed = (f"{DEFAULT_MODEL!r}, a local model folder (with config.json) or a Hugging Face hub id such as "
+               "'owner/name'")
+    if value == DEFAULT_MODEL:
+        return
+    path = Path(value).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            _fail("model_id", allowed, value, f"{path} exists but is not a model folder: it has no config.json")
+        return
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        _fail("model_id", allowed, value, "no such local folder, and not a valid hub id")
+    if isinstance(try_to_load_from_cache(value, "config.json", revision=revision), str):
+        return   # in the local Hugging Face cache
+    if _offline():
+        _fail("model_id", allowed, value, "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set: only "
+              "cached hub ids, local folders and the default model load offline")
+    try:
+        HfApi().model_info(value, revision=revision, timeout=10)
+    except GatedRepoError:
+        return   # exists; loading it needs an accepted licence and a token
+    except RepositoryNotFoundError:
+        _fail("model_id", allowed, value, "no such model on the Hugging Face hub (a typo, or a private repository: "
+              "log in with `huggingface-cli login`)")
+    except Exception as err:   # no network, a proxy, the hub down: nothing to load from
+        _fail("model_id", allowed, value, f"not in the local Hugging Face cache, and the hub could not be asked "
+              f"({type(err).__name__}: {err})")
+
+
+def check_output_folder(path: Any, name: str = "out_dir") -> Path:
+    """Check that folder ``path`` can be created and written: create it (with its missing parents), write and
+    remove a probe file, then remove again the folders this check created, so that it leaves nothing behind.
+    ``ValueError`` naming ``name`` and the folder when any step fails. Returns the folder as a ``Path``."""
+    folder = Path(path).expanduser()
+    created: list[Path] = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    failure: OSError | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cgar-write-probe-{os.getpid()}-{uuid.uuid4().hex}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as err:
+        failure = err
+    finally:
+        for d in created:   # deepest first; only folders this check made, and only while they are empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+    if failure is not None:
+        why = f"{type(failure).__name__}: {failure.strerror or failure}" + (
+            f": {failure.filename}" if failure.filename else "")
+        raise ValueError(f"parameter {name} must be a folder that can be created and written, got {str(path)!r} "
+                         f"({why})") from failure
+    return folder
+
+
+def check_machine(namespace: Mapping[str, Any], *, revision: str | None = None) -> None:
+    """The checks against this machine, for values that passed :data:`RULES`: ``device``, ``device_map``,
+    ``model_id`` (at ``revision``, a profile's engine option), then ``out_dir`` (:func:`check_output_folder`), each
+    where present."""
+    if "device" in namespace:
+        _check_device("device", namespace["device"])
+    if "device_map" in namespace:
+        _check_device_map(namespace["device_map"])
+    if "model_id" in namespace:
+        _check_model_id(namespace["model_id"], revision)
+    if "out_dir" in namespace:
+        check_output_folder(namespace["out_dir"])
+
+
+def validate_parameters(namespace: Mapping[str, Any], *, machine: bool = True) -> None:
     """Check every name of ``namespace`` (a chapter's ``globals()``) that has a rule (returns None: no cell output).
 
-    Raises ``ValueError`` naming the first bad parameter, its value and what is allowed. Names without a rule
-    (imports, IPython's ``In``/``Out``) are skipped. Cheap: no model, no data.
+    First each value on its own (:data:`RULES`), then across parameters (:func:`check_across`), then, unless
+    ``machine=False``, against this machine (:func:`check_machine`: device, model, output folder). Raises
+    ``ValueError`` naming the first bad parameter, its value and what is allowed. Names without a rule (imports,
+    IPython's ``In``/``Out``) are skipped. Loads no model and no states, and leaves no file behind.
     """
     if not isinstance(namespace, Mapping):
         raise ValueError(f"namespace must be a dict such as globals(), got {type(namespace).__name__}")
+    params = {}
     for name in sorted(namespace):
         rule = None if name.startswith("_") else rule_for(name)
         if rule is not None:
             rule.check(name, namespace[name])
+            params[name] = namespace[name]
+    check_across(params)
+    if machine:
+        revision = namespace.get("revision")
+        check_machine(params, revision=revision if isinstance(revision, str) else None)

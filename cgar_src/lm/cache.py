@@ -5,6 +5,8 @@ and the prompt texts. States are stored in chunks written atomically as safetens
 sha256 of each prompt in the file's metadata; nothing is ever unpickled); an interrupted run resumes from the chunks
 already written; a chunk that does not load, or whose prompts or shape do not match, is recomputed, never used. A
 chunk of the old pickled format (``chunk_*.pt``) is never read: its states are recomputed into a ``.safetensors``.
+Entries live under the caller's ``cache_root``, else under :func:`state_cache_dir` (``$CGAR_STATE_CACHE``, else
+``user_cache_dir() / "states"``).
 """
 from __future__ import annotations
 
@@ -22,10 +24,21 @@ from .model import LoadedModel, user_cache_dir
 from .states import Patch, batch_budget, hidden_states
 from ..records import atomic_path, write_json_atomic
 
-__all__ = ["CachedStates", "cached_states", "cached_twin_states", "CHUNK_SIZE", "CHUNK_SUFFIX"]
+__all__ = ["CachedStates", "cached_states", "cached_twin_states", "state_cache_dir", "CHUNK_SIZE", "CHUNK_SUFFIX",
+           "STATE_CACHE_ENV"]
 
 CHUNK_SIZE = 64  # prompts per cache file; each chunk is one call of hidden_states
 CHUNK_SUFFIX = ".safetensors"  # chunk files; the old pickled ".pt" chunks are never read
+STATE_CACHE_ENV = "CGAR_STATE_CACHE"  # environment variable: the state cache's folder, apart from the converted models
+
+
+def state_cache_dir() -> Path:
+    """The folder of the state cache when a call names none (``cache_root=None``): ``$CGAR_STATE_CACHE`` when set
+    and non-empty, else ``user_cache_dir() / "states"`` (beside the converted models). Pointing only the state cache
+    at an empty folder reproduces a newcomer's first run (every state computed in-process) without converting the
+    model again; the CI and tests/test_reproducible.py do so."""
+    folder = os.environ.get(STATE_CACHE_ENV)
+    return Path(folder) if folder else user_cache_dir() / "states"
 
 
 @dataclass
@@ -65,7 +78,7 @@ def _entry(lm: LoadedModel, prompts: list[str], meta: dict, cache_root, chunk_si
     except TypeError as err:
         raise ValueError(f"meta must be JSON-serialisable: {err}") from err
     key = _sha(ident_json + "\n" + "\n".join(_sha(p) for p in unique))
-    root = Path(cache_root) if cache_root is not None else user_cache_dir() / "states"
+    root = Path(cache_root) if cache_root is not None else state_cache_dir()
     path = root / key[:2] / key
     if not (path / "meta.json").exists():
         write_json_atomic(path / "meta.json", {**ident, "n_prompts": len(unique), "chunk_size": chunk_size})

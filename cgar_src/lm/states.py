@@ -18,7 +18,7 @@ from .model import MAX_BATCH_TOKENS, LoadedModel
 from .unembed import final_norm
 
 __all__ = ["Patch", "PATCH_MODES", "hidden_states", "length_batches", "token_batches", "check_context_window",
-           "context_window", "batch_budget"]
+           "context_window", "batch_budget", "OOM_ERRORS", "check_lengths", "common_prefix", "pack_right", "split_batch"]
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
@@ -68,7 +68,7 @@ def context_window(lm: LoadedModel) -> int | None:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
-def _check_lengths(lm: LoadedModel, lengths: list[int], what: str) -> None:
+def check_lengths(lm: LoadedModel, lengths: list[int], what: str) -> None:
     window = context_window(lm)
     if window is None or not lengths:
         return
@@ -90,7 +90,7 @@ def check_context_window(lm: LoadedModel, prompts: list[str], what: str) -> None
         raise ValueError("prompts must be a list of strings")
     if context_window(lm) is None or not prompts:
         return
-    _check_lengths(lm, [len(x) for x in lm.tokenizer(prompts)["input_ids"]], what)
+    check_lengths(lm, [len(x) for x in lm.tokenizer(prompts)["input_ids"]], what)
 
 
 def length_batches(lengths: list[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> list[list[int]]:
@@ -119,25 +119,25 @@ def token_batches(tokenizer, prompts: list[str], batch_size: int, max_tokens: in
     pad = tokenizer.pad_token_id or 0
     out = []
     for idx in length_batches([len(x) for x in ids], batch_size, max_tokens):
-        out.append(_pack([ids[i] for i in idx], idx, pad))
+        out.append(pack_right([ids[i] for i in idx], idx, pad))
     return out
 
 
-def _pack(rows: list[list[int]], idx: list[int], pad: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+def pack_right(rows: list[list[int]], idx: list[int], pad: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     input_ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
     for row, r in enumerate(rows):
         input_ids[row, :len(r)] = torch.tensor(r)
     return idx, input_ids, torch.tensor([len(r) - 1 for r in rows])
 
 
-def _split(batch: tuple[list[int], torch.Tensor, torch.Tensor]) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+def split_batch(batch: tuple[list[int], torch.Tensor, torch.Tensor]) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """A batch cut into two halves (in length order), each trimmed to its own longest prompt."""
     idx, input_ids, last = batch
     half = len(idx) // 2
     return [(idx[a:b], input_ids[a:b, :int(last[a:b].max()) + 1], last[a:b]) for a, b in ((0, half), (half, len(idx)))]
 
 
-_OOM = tuple(e for e in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+OOM_ERRORS = tuple(e for e in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
              if e is not None)
 
 
@@ -147,7 +147,7 @@ def batch_budget(lm: LoadedModel, max_batch_tokens: int | None = None) -> int:
     return positive_int(lm.max_batch_tokens if max_batch_tokens is None else max_batch_tokens, "max_batch_tokens")
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common leading run of two token lists."""
     n = 0
     for x, y in zip(a, b):
@@ -196,10 +196,10 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     vectors = _check_patch(lm, patch, len(prompts)) if patch is not None else None
     lengths: list[int] = []
     pending = token_batches(tok, prompts, batch_size, budget, lengths_out=lengths)
-    _check_lengths(lm, lengths, f"{len(prompts)} prompts")
+    check_lengths(lm, lengths, f"{len(prompts)} prompts")
     if twins is not None:
         twin_ids = tok(twins)["input_ids"]
-        _check_lengths(lm, [len(t) for t in twin_ids], f"{len(twins)} twin prompts")
+        check_lengths(lm, [len(t) for t in twin_ids], f"{len(twins)} twin prompts")
         twin_out = torch.empty(len(twins), lm.n_layers + 1, model.config.hidden_size)
     norm = final_norm(model)
     captured: list[torch.Tensor] = []
@@ -231,7 +231,7 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
             batch = pending.pop(0)
             idx, input_ids, last = batch
             if len(idx) > 1 and too_big is not None and input_ids.numel() >= too_big:
-                pending[:0] = _split(batch)
+                pending[:0] = split_batch(batch)
                 continue
             current["rows"], current["last"] = torch.arange(len(idx)), last
             captured.clear()
@@ -242,7 +242,7 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
                 # output head (vocab x d over every position) is skipped
                 res = model.base_model(input_ids=input_ids.to(lm.device), output_hidden_states=True,
                                        use_cache=twins is not None)
-            except _OOM as err:
+            except OOM_ERRORS as err:
                 res = None
                 if len(idx) == 1:
                     raise RuntimeError(f"out of memory on a single prompt of {input_ids.shape[1]} tokens: "
@@ -252,7 +252,7 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
                 captured.clear()
                 if lm.device.type == "cuda":
                     torch.cuda.empty_cache()
-                pending[:0] = _split(batch)
+                pending[:0] = split_batch(batch)
                 continue
             states = torch.stack([last_token(h).float().cpu() for h in res.hidden_states[:-1]] + [captured[-1]], dim=1)
             if vectors is not None:  # HF records a block's input before its pre-hooks run: show the patched entry
@@ -281,7 +281,7 @@ def _run_twins(lm: LoadedModel, cache, idx: list[int], prompt_ids: list[list[int
     model = lm.model
     layers = [(layer.keys, layer.values) for layer in cache.layers]
     for row, (i, a, b) in enumerate(zip(idx, prompt_ids, twin_ids)):
-        shared = min(_common_prefix(a, b), len(b) - 1)   # the twin runs at least its last token
+        shared = min(common_prefix(a, b), len(b) - 1)   # the twin runs at least its last token
         past = (DynamicCache(ddp_cache_data=[(k[row:row + 1, :, :shared], v[row:row + 1, :, :shared])
                                              for k, v in layers], config=model.config) if shared else None)
         ids = torch.tensor([b[shared:]], device=lm.device)
@@ -290,3 +290,4 @@ def _run_twins(lm: LoadedModel, cache, idx: list[int], prompt_ids: list[list[int
         res = model.base_model(input_ids=ids, past_key_values=past, output_hidden_states=True, use_cache=shared > 0)
         last = [h[0, -1].float().cpu() for h in res.hidden_states[:-1]] + [captured[-1][0]]
         twin_out[i] = torch.stack(last)
+

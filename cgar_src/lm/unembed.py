@@ -39,7 +39,7 @@ class Unembed(nn.Module):
     :math:`W_U` (2.1 GB for Llama-3-8B's 128256 x 4096), so that analyses whose checks are calibrated in float32
     (chapter ``06_attention_first_order``) see float32 arithmetic on the model's states. For a float32 model it
     changes nothing (the model's own modules are used, no copy). Where the copy cannot be had, use
-    :func:`tolerance` with :attr:`dtype`."""
+    :func:`~cgar_src.lm.model.tolerance` with :attr:`dtype`."""
 
     def __init__(self, model: nn.Module, *, float32: bool = False):
         super().__init__()

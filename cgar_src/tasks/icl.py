@@ -20,7 +20,7 @@ from ..lm import LoadedModel, check_context_window
 __all__ = ["TaskStates", "task_states", "LABEL_MODES", "CONTENT_FREE_INPUT", "FactStates", "fact_states"]
 
 LABEL_MODES = ("true", "random")
-CONTENT_FREE_INPUT = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
+CONTENT_FREE_INPUT = "N/A"  #: the content-free input of contextual calibration (Zhao et al. 2021)
 
 
 @dataclass

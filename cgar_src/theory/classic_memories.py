@@ -20,9 +20,9 @@ and *top-1*, :math:`\arg\max_\nu x_\nu^\top s = \mu` (winner-take-all over the s
 from __future__ import annotations
 
 import torch
-from entmax import sparsemax
 
-from .._validate import as_tensor, int_in_range, nonnegative, positive, positive_int
+from . import memory
+from .._validate import as_tensor, indices, int_in_range, nonnegative, positive_int
 from .dynamics import fixed_point
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "MODELS",
 ]
 
+#: the memories that :func:`retrieve` dispatches to, by name
 MODELS = ("hopfield", "dam_poly", "dam_exp", "mhn", "sparse_mhn", "linear")
 
 
@@ -57,7 +58,7 @@ def noisy_queries(X, target, flip: float, gen: torch.Generator) -> torch.Tensor:
     flip = nonnegative(flip, "flip")
     if flip > 0.5:
         raise ValueError(f"flip must be in [0, 0.5], got {flip}")
-    target = _target(target, X.shape[1])
+    target = indices(target, "target", X.shape[1], what="pattern indices")
     clean = X.T[target]
     signs = torch.where(torch.rand(clean.shape, generator=gen, dtype=X.dtype) < flip, -1.0, 1.0).to(X.dtype)
     return clean * signs
@@ -68,13 +69,6 @@ def _patterns(X) -> torch.Tensor:
     if not bool(((X == 1) | (X == -1)).all()):
         raise ValueError("X must hold binary patterns with entries in {-1, +1}")
     return X
-
-
-def _target(target, n: int) -> torch.Tensor:
-    target = torch.as_tensor(target)
-    if target.dtype != torch.long or target.ndim != 1 or ((target < 0) | (target >= n)).any():
-        raise ValueError(f"target must be a 1-D LongTensor of pattern indices in [0, {n})")
-    return target
 
 
 def _queries(X: torch.Tensor, xi) -> torch.Tensor:
@@ -150,29 +144,18 @@ def dam_retrieve(X, xi, *, energy: str = "poly", n: int = 3, max_sweeps: int = 2
     return state
 
 
-def _continuous(X, xi, beta: float, max_steps: int, tol: float, normalise) -> torch.Tensor:
-    X = as_tensor(X, "X", ndim=2)
-    beta, tol = positive(beta, "beta"), positive(tol, "tol")
-    max_steps = positive_int(max_steps, "max_steps")
-    state = _queries(X, xi)
-    for _ in range(max_steps):
-        new = normalise(beta * (state @ X)) @ X.T
-        done = bool(((new - state).abs().amax(-1) <= tol).all())
-        state = new
-        if done:
-            break
-    return state
-
-
 def mhn_retrieve(X, xi, beta: float, *, max_steps: int = 10, tol: float = 1e-10) -> torch.Tensor:
     r"""Modern Hopfield retrieval :math:`\xi \leftarrow X\,\mathrm{softmax}(\beta X^\top\xi)` (Ramsauer et al. 2020),
-    iterated to ``tol`` or ``max_steps``; X may be any real ``(d, N)`` matrix."""
-    return _continuous(X, xi, beta, max_steps, tol, lambda z: torch.softmax(z, -1))
+    iterated to ``tol`` or ``max_steps`` by :func:`cgar_src.theory.memory.retrieve` (chapter ``01_modern_hopfield``);
+    X may be any real ``(d, N)`` matrix, ``xi`` is ``(B, d)``."""
+    return memory.retrieve(_queries(as_tensor(X, "X", ndim=2), xi), X, beta, tol=tol, max_steps=max_steps).state
 
 
 def sparse_mhn_retrieve(X, xi, beta: float, *, max_steps: int = 10, tol: float = 1e-10) -> torch.Tensor:
-    r"""Sparse modern Hopfield retrieval :math:`\xi \leftarrow X\,\mathrm{sparsemax}(\beta X^\top\xi)` (Hu et al. 2023)."""
-    return _continuous(X, xi, beta, max_steps, tol, lambda z: sparsemax(z, dim=-1))
+    r"""Sparse modern Hopfield retrieval :math:`\xi \leftarrow X\,\mathrm{sparsemax}(\beta X^\top\xi)` (Hu et al. 2023),
+    the same iteration with the sparsemax activation (:func:`cgar_src.theory.memory.retrieve`)."""
+    return memory.retrieve(_queries(as_tensor(X, "X", ndim=2), xi), X, beta, tol=tol, max_steps=max_steps,
+                           activation="sparsemax").state
 
 
 def linear_memory_readout(X, V, xi) -> torch.Tensor:
@@ -189,7 +172,7 @@ def exact_recall(state, X, target) -> torch.Tensor:
     r"""Exact recall: :math:`\mathrm{sign}(s) = x_\mu` in every bit (a zero entry counts as wrong); shape ``(B,)``."""
     X = as_tensor(X, "X", ndim=2)
     state = _queries(X, state)
-    target = _target(target, X.shape[1])
+    target = indices(target, "target", X.shape[1], what="pattern indices")
     return (torch.sign(state) == X.T[target]).all(-1)
 
 
@@ -197,7 +180,7 @@ def top1(state, X, target) -> torch.Tensor:
     r"""Top-1 (winner-take-all) read-out: :math:`\arg\max_\nu x_\nu^\top s = \mu`; shape ``(B,)``."""
     X = as_tensor(X, "X", ndim=2)
     state = _queries(X, state)
-    target = _target(target, X.shape[1])
+    target = indices(target, "target", X.shape[1], what="pattern indices")
     return (state @ X).argmax(-1) == target
 
 

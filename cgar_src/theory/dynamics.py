@@ -1,9 +1,10 @@
 r"""Stage 2 and the coupled system: gated retrieval, the self-consistent map and its fixed point.
 
-Book chapters ``02_two_stage`` (energy), ``03_separation`` (gap), ``05_fixed_point`` (Theorem 3.4). Our
-reconstruction (PAPER.md section 4): scores :math:`s_q = X^\top\xi`, :math:`s_c = K^\top c`, gate
-:math:`g = G_\alpha(s_c + \lambda p)`, retrieval :math:`p = \mathrm{softmax}(\beta(s_q + \lambda g))`, so the retrieval
-distribution solves :math:`p^* = \Phi_{\alpha,\lambda}(p^*)` with
+Book chapters :ref:`ch-two-stage` (energy), :ref:`ch-separation` (gap), :ref:`ch-fixed-point` (Theorem 3.4). Our
+reconstruction (:ref:`ch-two-stage`, equations :eq:`gated-retrieval` and :eq:`coupled-map`): scores
+:math:`s_q = X^\top\xi`, :math:`s_c = K^\top c`, gate :math:`g = G_\alpha(s_c + \lambda p)`, retrieval
+:math:`p = \mathrm{softmax}(\beta(s_q + \lambda g))`, so the retrieval distribution solves
+:math:`p^* = \Phi_{\alpha,\lambda}(p^*)` with
 
 .. math:: \Phi_{\alpha,\lambda}(p) = \mathrm{softmax}\big(\beta(s_q + \lambda G_\alpha(s_c + \lambda p))\big).
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validate import as_tensor, nonnegative, positive, positive_int
+from .._validate import as_tensor, boolean, indices, nonnegative, positive, positive_int
 from .gate import GateKind, gate_unchecked, check_kind, eta, gate, gate_jacobian
 
 __all__ = [
@@ -121,16 +122,23 @@ def fixed_point(
     max_iter: int = 1000,
     p0=None,
     damping: float = 1.0,
+    screen: bool | None = None,
 ) -> FixedPoint:
     r"""Solve :math:`p = \Phi_{\alpha,\lambda}(p)` for a whole batch by (damped) fixed-point iteration.
 
     ``p_{t+1} = (1-\omega) p_t + \omega\Phi(p_t)``. The default start is the first-order solution
     :math:`\Phi(0) = \mathrm{softmax}(\beta(s_q + \lambda G_\alpha(s_c)))`. Each instance stops counting iterations
     when its residual :math:`\|\Phi(p)-p\|_\infty` drops to ``tol``; the loop ends when all have converged or at
-    ``max_iter``. Below the contraction bound (L < 1) convergence is geometric with rate L.
+    ``max_iter``. Below the contraction bound (L < 1) convergence is geometric with rate L (Theorem 3.4, chapter
+    ``05_fixed_point``).
 
-    With the sparsemax gate and the default start the iteration runs on the screened columns only (exact, see
-    :func:`support_screen`); with ``p0`` given or the softmax gate, on all N columns.
+    ``screen`` (sparsemax gate only): iterate on the screened columns of :func:`support_screen` plus one column for
+    the rest, exact because :math:`\Phi(p)` depends on p only through the screened columns (chapter
+    ``03_separation``). The default (``None``) screens with the default start and iterates on all N columns when
+    ``p0`` is given or the gate is softmax; ``screen=False`` never. ``screen=True`` screens from ``p0`` too: the
+    iteration on the screened columns is the same, and off them the result has the fixed point's exact form
+    :math:`p_j \propto e^{\beta s_{q,j}}` (there p0 enters only through its entry at the largest unscreened
+    :math:`s_q`, in the residual).
     """
     alpha, beta, lam = positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam")
     tol = positive(tol, "tol")
@@ -140,6 +148,10 @@ def fixed_point(
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     s_q, s_c = check_scores(s_q, s_c)
     kind = check_kind(kind)
+    if screen is None:
+        screen = kind == "sparsemax" and p0 is None
+    elif boolean(screen, "screen") and kind != "sparsemax":
+        raise ValueError(f"screen=True needs the sparsemax gate (only its support can be screened), got kind={kind!r}")
     if p0 is not None:
         p0 = as_tensor(p0, "p0", dtype=s_q.dtype)
         try:
@@ -148,7 +160,8 @@ def fixed_point(
             raise ValueError(f"p0 must broadcast against s_q {tuple(s_q.shape)}, got {tuple(p0.shape)}") from None
     batch, n = s_q.shape[:-1], s_q.shape[-1]
     sq, sc = s_q.reshape(-1, n), s_c.reshape(-1, n)
-    idx = _support_screen(sc, alpha, lam) if kind == "sparsemax" and p0 is None else None
+    x0 = None if p0 is None else p0.reshape(-1, n)
+    idx = _support_screen(sc, alpha, lam) if screen else None
     columns = n if idx is None else idx.shape[-1]
     if idx is None:  # the iterate is p itself
         consts = (sq, sc)
@@ -156,7 +169,7 @@ def fixed_point(
         def step_map(x, c):
             return _phi(x, c[0], c[1], alpha, beta, lam, kind)
 
-        x = step_map(torch.zeros_like(sq), consts)[0] if p0 is None else p0.reshape(-1, n).clone()
+        x = step_map(torch.zeros_like(sq), consts)[0] if x0 is None else x0.clone()
     else:  # the iterate is [p on the screened columns C, p at the largest unscreened s_q]
         rest = beta * sq.scatter(-1, idx, float("-inf"))
         rest_max = rest.amax(-1)
@@ -169,25 +182,11 @@ def fixed_point(
             log_z = torch.logaddexp(torch.logsumexp(logits, -1), lse_rest)
             return torch.cat([torch.exp(logits - log_z[:, None]), torch.exp(m_rest - log_z)[:, None]], -1), g_c
 
-        x = step_map(sq.new_zeros(sq.shape[0], columns + 1), consts)[0]
-    # each step updates only the instances that have not converged yet
-    g = x.new_empty(x.shape[0], columns)  # the gate at the returned p (on the iterated columns)
-    iterations = torch.zeros(x.shape[0], dtype=torch.long)
-    residual = torch.full((x.shape[0],), float("inf"), dtype=s_q.dtype)
-    active = torch.arange(x.shape[0])
-    for step in range(max_iter + 1):
-        every = active.numel() == x.shape[0]  # skip the gathers while no instance has converged
-        xa, ca = (x, consts) if every else (x[active], tuple(t[active] for t in consts))
-        new, g_active = step_map(xa, ca)
-        res = (new - xa).abs().amax(-1)
-        residual[active] = res
-        g[active] = g_active
-        moving = res > tol
-        active, new = active[moving], new[moving]
-        if active.numel() == 0 or step == max_iter:
-            break
-        iterations[active] += 1
-        x[active] = (1 - damping) * x[active] + damping * new
+        if x0 is None:
+            x = step_map(sq.new_zeros(sq.shape[0], columns + 1), consts)[0]
+        else:
+            x = torch.cat([x0.gather(-1, idx), x0.gather(-1, rest.argmax(-1, keepdim=True))], -1)
+    x, g, residual, iterations = _iterate(step_map, x, consts, tol=tol, max_iter=max_iter, damping=damping)
     if idx is None:
         p = x
     else:  # unscreened columns share one factor: p_j = p_{j*} exp(beta (s_q,j - s_q,j*))
@@ -198,6 +197,36 @@ def fixed_point(
     residual, iterations = residual.reshape(batch), iterations.reshape(batch)
     return FixedPoint(p=p, g=g, residual=residual, iterations=iterations, converged=residual <= tol,
                       bound=contraction_bound(alpha, beta, lam, kind), columns=columns)
+
+
+def _iterate(step_map, x: torch.Tensor, consts: tuple, *, tol: float, max_iter: int,
+             damping: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The solvers' loop over the rows of a ``(B, K)`` iterate: :math:`x \leftarrow (1-\omega)x + \omega F(x)` with
+    ``(F(x), gate) = step_map(x, consts)``, every tensor of ``consts`` holding one row per instance. A row stops when
+    its residual :math:`\|F(x) - x\|_\infty` is at most ``tol`` (it keeps that x, whose image is within ``tol``); each
+    step evaluates and updates only the rows still moving; at most ``max_iter`` updates. Returns ``(x, gate at x,
+    residual, iterations)``; the gate has the width step_map gives it."""
+    n_rows = x.shape[0]
+    g = None  # the gate at the returned x
+    iterations = torch.zeros(n_rows, dtype=torch.long)
+    residual = torch.full((n_rows,), float("inf"), dtype=x.dtype)
+    active = torch.arange(n_rows)
+    for step in range(max_iter + 1):
+        every = active.numel() == n_rows  # skip the gathers while no row has converged
+        xa, ca = (x, consts) if every else (x[active], tuple(t[active] for t in consts))
+        new, g_active = step_map(xa, ca)
+        if g is None:
+            g = g_active.new_empty(n_rows, g_active.shape[-1])
+        res = (new - xa).abs().amax(-1)
+        residual[active] = res
+        g[active] = g_active
+        moving = res > tol
+        active, new = active[moving], new[moving]
+        if active.numel() == 0 or step == max_iter:
+            break
+        iterations[active] += 1
+        x[active] = new if damping == 1 else (1 - damping) * x[active] + damping * new
+    return x, g, residual, iterations
 
 
 def support_screen(s_c, alpha: float, lam: float) -> torch.Tensor | None:
@@ -268,22 +297,13 @@ def _gap(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return own - others.amax(-1)
 
 
-def _targets(s_q, target) -> torch.Tensor:
-    target = torch.as_tensor(target)
-    if target.shape != s_q.shape[:-1] or target.dtype != torch.long:
-        raise ValueError(f"target must be a LongTensor of shape {tuple(s_q.shape[:-1])}")
-    if ((target < 0) | (target >= s_q.shape[-1])).any():
-        raise ValueError(f"target indices must lie in [0, {s_q.shape[-1]})")
-    return target
-
-
 def error_log_odds(s_q, g, target, beta: float, lam: float) -> torch.Tensor:
-    r""":math:`\log((1-p_\mu)/p_\mu) = \log\sum_{j
-e\mu} e^{eta(\ell_j - \ell_\mu)}` with :math:`\ell = s_q + \lambda g`,
-    computed from the logits, so it stays exact where :math:`1 - p_\mu` underflows."""
+    r""":math:`\log((1-p_\mu)/p_\mu) = \log\sum_{j\ne\mu} e^{\beta(\ell_j - \ell_\mu)}` with
+    :math:`\ell = s_q + \lambda g`, computed from the logits, so it stays exact where :math:`1 - p_\mu` underflows."""
     beta, lam = positive(beta, "beta"), nonnegative(lam, "lam")
     s_q, g = check_scores(s_q, g)
-    own, others = _split(beta * (s_q + lam * g), _targets(s_q, target))
+    target = indices(target, "target", s_q.shape[-1], shape=s_q.shape[:-1], what="memory indices")
+    own, others = _split(beta * (s_q + lam * g), target)
     return torch.logsumexp(others, -1) - own
 
 
@@ -293,7 +313,7 @@ def effective_separation(s_q, g, target, lam: float) -> Separation:
     (Theorem ``thm-separation``)."""
     lam = nonnegative(lam, "lam")
     s_q, g = check_scores(s_q, g)
-    target = _targets(s_q, target)
+    target = indices(target, "target", s_q.shape[-1], shape=s_q.shape[:-1], what="memory indices")
     return Separation(raw=_gap(s_q, target), gate=_gap(g, target), effective=_gap(s_q + lam * g, target))
 
 
@@ -349,10 +369,10 @@ def measured_alpha_crit_batch(s_q, s_c, beta: float, lam, *, lo, hi, n_bisect: i
     alpha at which the sparsemax gate at the fixed point is one-hot (peak within ``one_tol`` of 1).
 
     Each probe solves :math:`p = \Phi_{\alpha,\lambda}(p)` by undamped iteration from the first-order start
-    :math:`\Phi(0)` (as :func:`fixed_point` does), with a per-row alpha. ``lo``, ``hi`` (scalars or shape ``(B,)``)
-    must bracket the transition: one-hot at ``lo``, not at ``hi``; rows where they do not raise ValueError.
-    Returns the midpoints of the final brackets, shape ``(B,)``."""
-    beta = positive(beta, "beta")
+    :math:`\Phi(0)` with the loop of :func:`fixed_point`, on all N columns and with a per-row alpha. ``lo``, ``hi``
+    (scalars or shape ``(B,)``) must bracket the transition: one-hot at ``lo``, not at ``hi``; rows where they do not
+    raise ValueError. Returns the midpoints of the final brackets, shape ``(B,)``."""
+    beta, tol = positive(beta, "beta"), positive(tol, "tol")
     n_bisect, max_iter = positive_int(n_bisect, "n_bisect"), positive_int(max_iter, "max_iter")
     s_q, s_c = check_scores(as_tensor(s_q, "s_q", ndim=2), s_c)
     B = s_q.shape[0]
@@ -367,19 +387,16 @@ def measured_alpha_crit_batch(s_q, s_c, beta: float, lam, *, lo, hi, n_bisect: i
     if (lo_t >= hi_t).any():
         raise ValueError("lo must be < hi in every row")
 
+    def step_map(x, c):  # Phi with one alpha and one lambda per row
+        sq, sc, a, l = c
+        g = gate_unchecked(sc + l * x, a, "sparsemax")
+        return torch.softmax(beta * (sq + l * g), -1), g
+
     def one_hot(alpha: torch.Tensor) -> torch.Tensor:
-        a, l = alpha[:, None], lam_t[:, None]
-        p = torch.softmax(beta * (s_q + l * gate_unchecked(s_c, a, "sparsemax")), -1)
-        active = torch.arange(B)  # rows still moving: each step updates only those
-        for _ in range(max_iter):
-            sc, aa, la = s_c[active], a[active], l[active]
-            new = torch.softmax(beta * (s_q[active] + la * gate_unchecked(sc + la * p[active], aa, "sparsemax")), -1)
-            moving = (new - p[active]).abs().amax(-1) > tol
-            p[active] = new
-            active = active[moving]
-            if active.numel() == 0:
-                break
-        return gate_unchecked(s_c + l * p, a, "sparsemax").amax(-1) >= 1 - one_tol
+        consts = (s_q, s_c, alpha[:, None], lam_t[:, None])
+        x = step_map(torch.zeros_like(s_q), consts)[0]
+        g = _iterate(step_map, x, consts, tol=tol, max_iter=max_iter, damping=1.0)[1]
+        return g.amax(-1) >= 1 - one_tol
 
     if not bool(one_hot(lo_t).all()) or bool(one_hot(hi_t).any()):
         raise ValueError("the gate must be one-hot at lo and not at hi in every row; widen the brackets")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import as_tensor, nonnegative, positive, positive_int
-from .dynamics import check_scores, phi, phi_jacobian
+from .dynamics import check_scores, gated_retrieval, phi, phi_jacobian
 from .gate import GateKind, gate_unchecked, check_kind
 
 __all__ = [
@@ -96,10 +96,9 @@ def reduced_energy(g, s_q, s_c, alpha: float, beta: float, lam: float, kind: Gat
 
 
 def best_p(g, s_q, beta: float, lam: float) -> torch.Tensor:
-    r""":math:`\arg\min_p F(p, g) = \mathrm{softmax}(\beta(s_q + \lambda g))` (Gibbs variational principle)."""
-    beta, lam = positive(beta, "beta"), nonnegative(lam, "lam")
-    s_q, g = check_scores(s_q, g)
-    return torch.softmax(beta * (s_q + lam * g), -1)
+    r""":math:`\arg\min_p F(p, g) = \mathrm{softmax}(\beta(s_q + \lambda g))` (Gibbs variational principle): the gated
+    retrieval distribution of :func:`cgar_src.theory.dynamics.gated_retrieval` (chapter ``02_two_stage``)."""
+    return gated_retrieval(s_q, g, beta, lam)
 
 
 def best_g(p, s_c, alpha: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:

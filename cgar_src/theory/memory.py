@@ -10,12 +10,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+from entmax import sparsemax
 
-from .._validate import as_tensor, positive, positive_int
+from .._validate import as_tensor, indices, positive, positive_int
 
 __all__ = [
     "lse",
     "energy",
+    "ACTIVATIONS",
     "update",
     "retrieve",
     "RetrievalResult",
@@ -59,15 +61,23 @@ def energy(xi, X, beta: float) -> torch.Tensor:
     return -lse(xi @ X, beta) + 0.5 * (xi * xi).sum(-1) + math.log(N) / beta + 0.5 * M**2
 
 
-def update(xi, X, beta: float) -> torch.Tensor:
+ACTIVATIONS = ("softmax", "sparsemax")
+
+
+def update(xi, X, beta: float, *, activation: str = "softmax") -> torch.Tensor:
     r"""One MHN update :math:`\xi^{+} = X\,\mathrm{softmax}(\beta X^\top \xi)` for every query at once.
 
     It equals :math:`\xi - \nabla E(\xi)` (the concave-convex procedure step) and one softmax-attention step with
-    query xi, keys and values X (book: section "Attention is one update").
+    query xi, keys and values X (book: section "Attention is one update"). ``activation="sparsemax"`` gives the
+    sparse modern Hopfield update :math:`\xi^{+} = X\,\mathrm{sparsemax}(\beta X^\top \xi)` (Hu et al. 2023; book
+    chapter ``01b_related_memories``).
     """
     beta = positive(beta, "beta")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     X, xi = _check(X, xi)
-    return torch.softmax(beta * (xi @ X), dim=-1) @ X.T
+    z = beta * (xi @ X)
+    return (torch.softmax(z, dim=-1) if activation == "softmax" else sparsemax(z, dim=-1)) @ X.T
 
 
 @dataclass
@@ -84,8 +94,10 @@ class RetrievalResult:
         return self.residual <= self.tol
 
 
-def retrieve(xi, X, beta: float, *, tol: float = 1e-8, max_steps: int = 100) -> RetrievalResult:
-    """Iterate :func:`update` until every query moves by at most ``tol`` (max-norm) or ``max_steps`` is reached."""
+def retrieve(xi, X, beta: float, *, tol: float = 1e-8, max_steps: int = 100,
+             activation: str = "softmax") -> RetrievalResult:
+    """Iterate :func:`update` (with ``activation``) until every query moves by at most ``tol`` (max-norm) or
+    ``max_steps`` is reached."""
     beta = positive(beta, "beta")
     tol = positive(tol, "tol")
     max_steps = positive_int(max_steps, "max_steps")
@@ -94,7 +106,7 @@ def retrieve(xi, X, beta: float, *, tol: float = 1e-8, max_steps: int = 100) -> 
     residual = torch.full(xi.shape[:-1], float("inf"), dtype=X.dtype)
     steps = 0
     for steps in range(1, max_steps + 1):
-        new = update(state, X, beta)
+        new = update(state, X, beta, activation=activation)
         residual = (new - state).abs().amax(-1)
         state = new
         if bool((residual <= tol).all()):
@@ -133,9 +145,7 @@ def ramsauer_error_bound(X, xi, target, beta: float) -> torch.Tensor:
     beta = positive(beta, "beta")
     X, xi = _check(X, xi)
     N = X.shape[1]
-    target = torch.as_tensor(target)
-    if target.dtype not in (torch.int32, torch.int64) or ((target < 0) | (target >= N)).any():
-        raise ValueError(f"target must hold integer pattern indices in [0, {N}), got {target!r}")
+    target = indices(target, "target", N, shape=xi.shape[:-1], what="pattern indices")
     M = X.norm(dim=0).max()
     x_t = X.T[target]  # (..., d)
     dist = (xi - x_t).norm(dim=-1)

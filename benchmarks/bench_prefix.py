@@ -1,0 +1,155 @@
+r"""One prefix, many queries: tokens forwarded and wall time per query, shared demonstration prefix against
+per-query prompts, and the engine's fraction of this machine's measured fp32 matmul peak.
+
+For each dataset and shot count (default SmolLM2-135M, ``--n-queries`` seeded queries of the query split, one
+demonstration set per configuration: ``cgar_src.tasks.demos.draw_demo_set`` with the queries excluded):
+
+- per-query prompts: ``cgar_src.lm.hidden_states`` of the full prompts (demonstrations + query, each forwarded whole);
+- shared prefix: ``cgar_src.lm.prefix.prefix_states`` (the demonstrations forwarded once, then only the queries);
+- tokens forwarded per query, wall time per query, the amortised ratio tokens forwarded / the queries' own tokens
+  (1 when nothing is forwarded twice; the per-query prompts' ratio is 1 + |prefix| / mean |query|), and the largest
+  difference between the two paths' states relative to the state's norm;
+- the fp32 matmul peak of this machine measured in the same run (best of ``--peak-reps`` products of two
+  ``--peak-size`` square float32 matrices, 2 n^3 FLOPs each) and the engine's achieved fraction of it, with
+  FLOPs = 2 x (the body's matmul weights) x tokens forwarded (the dominant term; attention over the context is left
+  out, so the fraction is a slight underestimate at long prefixes).
+
+The last line reads ``worst tokens-per-query ratio: X; engine fraction of fp32 peak: Y``: X is the largest amortised
+ratio of the shared-prefix engine over all configurations, Y its FLOPs over its wall time, all configurations
+together, divided by the peak.
+
+    python benchmarks/bench_prefix.py [--n-queries 32] [--datasets sst2 agnews trec] [--shots 0 1 2 4]
+    python benchmarks/bench_prefix.py --n-queries 4 --datasets sst2          # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import torch
+
+from cgar_src.lm import MAX_BATCH_TOKENS, hidden_states, load_model
+from cgar_src.lm.prefix import prefix_states
+from cgar_src.tasks.data import TASKS, load_examples
+from cgar_src.tasks.demos import check_no_leakage, draw_demo_set
+from cgar_src.tasks.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
+
+
+def body_matmul_weights(model: torch.nn.Module) -> int:
+    """Weights of the transformer body's matrix multiplications (Linear and GPT-2's Conv1D), output head excluded
+    (as in ``benchmarks/bench_gpu.py``): each costs 2 FLOPs per token."""
+    from transformers.pytorch_utils import Conv1D
+
+    return sum(m.weight.numel() for m in model.base_model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(n: int, reps: int, device: torch.device) -> float:
+    """Measured float32 matmul FLOP/s: the best of ``reps`` products of two n x n matrices (2 n^3 FLOPs each)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.matmul(a, b)                                   # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="model id or path (default: the offline default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n-queries", type=int, default=32)
+    ap.add_argument("--datasets", nargs="+", default=sorted(TASKS), choices=sorted(TASKS))
+    ap.add_argument("--shots", nargs="+", type=int, default=[0, 1, 2, 4], help="demonstrations per class")
+    ap.add_argument("--template", default=DEFAULT_TEMPLATE, choices=TEMPLATE_NAMES)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS)
+    ap.add_argument("--peak-size", type=int, default=2048, help="side of the square matrices of the peak measurement")
+    ap.add_argument("--peak-reps", type=int, default=5)
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    for name in ("n_queries", "batch_size", "max_batch_tokens", "peak_size", "peak_reps"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if any(k < 0 for k in args.shots) or args.seed < 0:
+        ap.error("--shots and --seed must be >= 0")
+
+    torch.manual_seed(0)
+    lm = load_model(args.model, device=args.device, max_batch_tokens=args.max_batch_tokens)
+    device = lm.device
+    weights = body_matmul_weights(lm.model)
+    peak = matmul_peak(args.peak_size, args.peak_reps, device)
+    print(f"{lm.model_id}: {weights / 1e6:.1f} M body matmul weights; fp32 matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s ({args.peak_size}^3, best of {args.peak_reps}); device {device}")
+    hidden_states(lm, ["warm-up"], progress=False)
+
+    head = (f"{'dataset':8}{'shots':>6}{'prefix':>8}{'query':>7}{'tok/q full':>11}{'tok/q shared':>13}"
+            f"{'ratio full':>11}{'ratio shared':>13}{'s/q full':>10}{'s/q shared':>11}{'speed-up':>9}"
+            f"{'peak frac':>10}{'max rel diff':>13}")
+    print(head)
+    rows = []
+    for dataset in args.datasets:
+        task = TASKS[dataset]
+        pool = load_examples(dataset, task.query_split)
+        if args.n_queries > len(pool):
+            ap.error(f"--n-queries {args.n_queries} exceeds the {len(pool)} queries of {dataset}")
+        queries = random.Random(args.seed).sample(pool, args.n_queries)
+        for shots in args.shots:
+            ds = draw_demo_set(dataset, template=args.template, seed=args.seed, shots=shots,
+                               exclude=[q.text for q in queries])
+            check_no_leakage(ds, queries)
+            full = [ds.prompt(q.text) for q in queries]
+            parts = [ds.query_part(q.text) for q in queries]
+            n_full = sum(len(x) for x in lm.tokenizer(full)["input_ids"])
+            _sync(device)
+            t0 = time.perf_counter()
+            h_full = hidden_states(lm, full, batch_size=args.batch_size, progress=False)
+            _sync(device)
+            t_full = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = prefix_states(lm, ds.prefix(), parts, batch_size=args.batch_size)
+            _sync(device)
+            t_shared = time.perf_counter() - t0
+            own = sum(len(r) for r in res.query_ids)
+            rel = float(((res.states - h_full).norm(dim=-1) / h_full.norm(dim=-1).clamp_min(1e-30)).max())
+            flops = 2.0 * weights * res.tokens_forwarded
+            row = {"dataset": dataset, "shots": shots, "template": args.template, "demo_set": ds.key(),
+                   "n_queries": args.n_queries, "prefix_tokens": res.n_prefix, "boundary_tokens": res.n_boundary,
+                   "own_tokens": own, "tokens_full": n_full, "tokens_shared": res.tokens_forwarded,
+                   "ratio_full": n_full / own, "ratio_shared": res.tokens_forwarded / own,
+                   "s_per_query_full": t_full / args.n_queries, "s_per_query_shared": t_shared / args.n_queries,
+                   "wall_shared": t_shared, "flops_shared": flops,
+                   "fraction_of_peak_shared": flops / t_shared / peak,
+                   "fraction_of_peak_full": 2.0 * weights * n_full / t_full / peak, "max_rel_diff": rel}
+            rows.append(row)
+            n = args.n_queries
+            print(f"{dataset:8}{shots:6d}{res.n_prefix:8d}{own / n:7.1f}{n_full / n:11.1f}"
+                  f"{res.tokens_forwarded / n:13.1f}"
+                  f"{row['ratio_full']:11.2f}{row['ratio_shared']:13.3f}{row['s_per_query_full']:10.4f}"
+                  f"{row['s_per_query_shared']:11.4f}{t_full / t_shared:9.2f}{row['fraction_of_peak_shared']:10.3f}"
+                  f"{rel:13.1e}")
+    worst = max(r["ratio_shared"] for r in rows)
+    fraction = sum(r["flops_shared"] for r in rows) / sum(r["wall_shared"] for r in rows) / peak
+    out = {"model": lm.model_id, "device": str(device), "peak_flops": peak, "body_matmul_weights": weights,
+           "rows": rows, "worst_ratio": worst, "engine_fraction_of_peak": fraction, "args": vars(args)}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=1)
+    print(f"worst tokens-per-query ratio: {worst:.3f}; engine fraction of fp32 peak: {fraction:.3f}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

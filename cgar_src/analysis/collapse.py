@@ -1,0 +1,257 @@
+r"""Memory collapse: how in-context demonstrations concentrate the logit lens's retrieval onto the label set
+(book chapter ``07_memory_collapse``, the paper's Figures 4, 8 and 9).
+
+With the memories the rows of the unembedding :math:`W_U`, the retrieval distribution of a last-token state at layer
+l is :math:`p^{(l)} = \mathrm{softmax}(W_U\,\mathrm{Norm}_{final}(h^{(l)}))` and the number of effectively active
+memories is :math:`N_{eff} = \exp(H(p^{(l)}))` (chapter 07, equation ``logit-lens``). The chapter compares these
+curves, and the probability mass on the label tokens :math:`\sum_{y} p^{(l)}_y`, between zero-shot and k-shot
+prompts of the same queries:
+
+* :func:`lens_curves`: :math:`N_{eff}` and the label mass at every layer, and the last layer's answers scored three
+  ways (full-vocabulary argmax, label-restricted argmax, contextual calibration);
+* :func:`last_layer_summary`, :func:`majority_summary` and :func:`last_layer_table`: the table of the last layer
+  against the baselines;
+* :func:`shot_effect`: the paired per-query effect of the demonstrations (the change of the label mass and of
+  :math:`\log N_{eff}` with bootstrap intervals, paired accuracy comparisons) and the chapter's verdicts;
+* :func:`headline_values` and :func:`verdict_values`: the numbers and verdicts the chapter's text cites.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from . import baselines, lens
+from .stats import Comparison, accuracy_ci, bootstrap_ci, compare, fmt_ci
+from ..lm import Unembed
+
+__all__ = ["LensCurves", "lens_curves", "prompt_name", "last_layer_summary", "majority_summary", "last_layer_table",
+           "ShotEffect", "shot_effect", "headline_values", "verdict_values", "ACCURACY_KINDS"]
+
+ACCURACY_KINDS = ("correct", "restricted", "calibrated")   # full vocabulary, label-restricted, calibrated
+
+
+@dataclass
+class LensCurves:
+    """The logit lens of one prompt set: per query and layer ``(P, L+1)`` the effective number of memories and the
+    label mass; per query ``(P,)`` the last layer's correctness scored over the full vocabulary (``correct``), over
+    the label tokens only (``restricted``) and contextually calibrated (``calibrated``, None without content-free
+    states)."""
+
+    n_eff: torch.Tensor
+    label_mass: torch.Tensor
+    correct: torch.Tensor
+    restricted: torch.Tensor
+    calibrated: torch.Tensor | None = None
+
+
+def lens_curves(unembed: Unembed, states: torch.Tensor, label_token_ids: list[int], labels: torch.Tensor,
+                cf_states: torch.Tensor | None = None) -> LensCurves:
+    r"""Decode states ``(P, L+1, d)`` at every layer through :math:`W_U\,\mathrm{Norm}_{final}` (chapter 07,
+    equation ``logit-lens``) and score the last layer's answers against ``labels`` ``(P,)``. ``cf_states``
+    ``(P, L+1, d)``: the same prompts with the content-free input; their last layer calibrates the label logits
+    (:func:`cgar_src.analysis.baselines.calibrated_correct`)."""
+    if states.ndim != 3 or states.shape[0] != labels.shape[0]:
+        raise ValueError(f"states must be (P, L+1, d) with P = {labels.shape[0]} labels, got {tuple(states.shape)}")
+    if cf_states is not None and cf_states.shape != states.shape:
+        raise ValueError(f"cf_states must have the shape of states {tuple(states.shape)}, got {tuple(cf_states.shape)}")
+    last = states.shape[1] - 1
+    st = lens.decode_stats(unembed, states, label_token_ids)
+    calibrated = None
+    if cf_states is not None:
+        cf = lens.decode_stats(unembed, cf_states[:, last], label_token_ids)
+        calibrated = baselines.calibrated_correct(st.label_logits[:, last], cf.label_logits, labels)
+    return LensCurves(n_eff=st.n_eff, label_mass=st.label_mass, correct=st.correct(label_token_ids, labels)[:, last],
+                      restricted=baselines.label_restricted_correct(st.label_logits[:, last], labels),
+                      calibrated=calibrated)
+
+
+def prompt_name(key: int | str, random_label_shots: int) -> str:
+    """How the chapter names a prompt set: ``0`` -> "zero-shot", ``k`` -> "k-shot", ``"random"`` -> "k-shot random"."""
+    if key == "random":
+        return f"{random_label_shots}-shot random"
+    return "zero-shot" if key == 0 else f"{key}-shot"
+
+
+def last_layer_summary(curves: LensCurves) -> dict:
+    """The last layer of one prompt set: median :math:`N_{eff}` (2 decimals), mean label mass (4 decimals) and each
+    available accuracy with its Wilson 95% interval (``accuracy_correct`` etc., ``[mean, low, high]``)."""
+    row = dict(median_n_eff=round(curves.n_eff[:, -1].median().item(), 2),
+               label_mass=round(curves.label_mass[:, -1].mean().item(), 4))
+    for kind in ACCURACY_KINDS:
+        if getattr(curves, kind) is not None:
+            row[f"accuracy_{kind}"] = list(accuracy_ci(getattr(curves, kind)))
+    return row
+
+
+def majority_summary(labels: torch.Tensor, pool: torch.Tensor, label_words: Sequence[str]) -> dict:
+    """The constant-answer baselines of one dataset: always answering the majority class of the evaluated queries
+    (``queries``, in hindsight) or of the demonstration pool (``pool``), each ``[accuracy, low, high]`` (Wilson 95%),
+    the queries' class shares and the queries' majority label word."""
+    words = list(label_words)
+    if int(labels.max()) >= len(words) or int(pool.max()) >= len(words):
+        raise ValueError(f"labels and pool must be class indices below len(label_words) = {len(words)}")
+    shares = (torch.bincount(labels, minlength=len(words)) / len(labels)).tolist()
+    return dict(queries=list(accuracy_ci(baselines.majority_correct(labels))),
+                pool=list(accuracy_ci(baselines.majority_correct(labels, reference=pool))),
+                query_class_shares=shares, majority_label=words[baselines.majority_class(labels)])
+
+
+TABLE_HEADER = (f"{'dataset':>7} {'prompt':>16} {'med N_eff':>9} {'mass':>6} {'accuracy (vocab)':>18} "
+                f"{'label-restricted':>18} {'calibrated':>18}")
+
+
+def last_layer_table(curves: Mapping[str, Mapping[int | str, LensCurves]], labels: Mapping[str, torch.Tensor],
+                     pools: Mapping[str, torch.Tensor], label_words: Mapping[str, Sequence[str]], *,
+                     shots: Sequence[int], random_label_shots: int) -> tuple[dict, list[str]]:
+    """The chapter's last-layer table: ``curves[dataset][key]`` for every key of ``shots`` and ``"random"``.
+    Returns the summary (``"{dataset}_{key}"`` -> :func:`last_layer_summary`, ``"{dataset}_majority"`` ->
+    :func:`majority_summary`) and the printed lines."""
+    summary, lines = {}, [TABLE_HEADER]
+    for ds, by_key in curves.items():
+        for key in [*shots, "random"]:
+            row = summary[f"{ds}_{key}"] = last_layer_summary(by_key[key])
+            cis = [fmt_ci(row[f"accuracy_{kind}"]) if f"accuracy_{kind}" in row else "-" for kind in ACCURACY_KINDS]
+            lines.append(f"{ds:>7} {prompt_name(key, random_label_shots):>16} {row['median_n_eff']:9.1f} "
+                         f"{row['label_mass']:6.3f} {cis[0]:>18} {cis[1]:>18} {cis[2]:>18}")
+        maj = summary[f"{ds}_majority"] = majority_summary(labels[ds], pools[ds], label_words[ds])
+        pool_word = label_words[ds][baselines.majority_class(pools[ds])]
+        lines.append(f"{'':>7} always '{maj['majority_label']}' (majority of these queries): {fmt_ci(maj['queries'])}; "
+                     f"always '{pool_word}' (majority of the demonstration pool): "
+                     f"{fmt_ci(maj['pool'])}; class shares of the queries "
+                     f"{[round(s, 2) for s in maj['query_class_shares']]}")
+    return summary, lines
+
+
+def headline_values(summary: Mapping[str, dict], datasets: Sequence[str], *, shots: Sequence[int],
+                    random_label_shots: int) -> dict:
+    """The numbers chapter 07's text cites, by glue name without the ``collapse_`` prefix: per dataset the median
+    :math:`N_{eff}` zero-shot and at the largest shot count (1 decimal), label masses and accuracies (3 decimals),
+    and the majority baseline."""
+    k_max, k_min = max(shots), min(k for k in shots if k)
+    out = {}
+    for ds in datasets:
+        s0, s1, sk = summary[f"{ds}_0"], summary[f"{ds}_{k_min}"], summary[f"{ds}_{k_max}"]
+        rnd, maj = summary[f"{ds}_random"], summary[f"{ds}_majority"]
+        out |= {f"{ds}_majority": round(maj["queries"][0], 3), f"{ds}_majority_label": maj["majority_label"],
+                f"{ds}_zero": round(s0["median_n_eff"], 1), f"{ds}_icl": round(sk["median_n_eff"], 1),
+                f"{ds}_mass0": round(s0["label_mass"], 3), f"{ds}_mass": round(sk["label_mass"], 3),
+                f"{ds}_random_mass": round(rnd["label_mass"], 3), f"{ds}_random_neff": round(rnd["median_n_eff"], 1),
+                f"{ds}_true1_mass": round(summary[f"{ds}_{random_label_shots}"]["label_mass"], 3)}
+        for key, s in (("0", s0), ("1", s1), ("kmax", sk)):
+            out[f"{ds}_acc{key}"] = round(s["accuracy_correct"][0], 3)
+        out[f"{ds}_restricted0"] = round(s0["accuracy_restricted"][0], 3)
+        if "accuracy_calibrated" in s0:
+            out[f"{ds}_calibrated0"] = round(s0["accuracy_calibrated"][0], 3)
+    return out | {"kmax": k_max}
+
+
+def _signed_ci(ci: Sequence[float], digits: int) -> str:
+    return f"{ci[0]:+.{digits}f} [{ci[1]:+.{digits}f}, {ci[2]:+.{digits}f}]"
+
+
+@dataclass
+class ShotEffect:
+    """The paired effect of the demonstrations on one dataset's queries (chapter 07, "What the demonstrations change").
+
+    ``mass_change`` and ``log_n_eff_change``: the last layer's per-query change from zero-shot to ``k_max`` shots
+    (mean, bootstrap 95% interval); ``true_minus_random_mass``: true minus random labels at ``random_shots`` shots;
+    ``accuracy``: paired comparisons of the ``k_max``-shot full-vocabulary accuracy with the label-restricted
+    zero-shot answer, the majority answer and (when scored) calibrated zero-shot; ``steps``: the label-restricted
+    accuracy from each shot count to the next; ``kmax_mass``: the ``k_max``-shot mean label mass."""
+
+    k_max: int
+    random_shots: int
+    mass_change: tuple[float, float, float]
+    log_n_eff_change: tuple[float, float, float]
+    true_minus_random_mass: tuple[float, float, float]
+    accuracy: dict[str, Comparison]
+    steps: dict[str, Comparison]
+    kmax_mass: float
+
+    @property
+    def collapse(self) -> bool:
+        """The collapse is real: the label mass rises and :math:`\\log N_{eff}` falls, both intervals excluding 0."""
+        return self.mass_change[1] > 0 and self.log_n_eff_change[2] < 0
+
+    def verdict(self) -> dict[str, bool]:
+        """The chapter's per-dataset verdicts: a real collapse; onto the label set (real, and the label tokens hold
+        at least half the mass); format only (true labels do not concentrate recall really more than random ones);
+        the demonstrations really beat the label-restricted zero-shot answer / the majority answer; a step to more
+        shots makes the label-restricted accuracy really worse."""
+        return dict(collapse=self.collapse, onto_label_set=self.collapse and self.kmax_mass >= 0.5,
+                    format_only=not self.true_minus_random_mass[1] > 0,
+                    beats_restricted=self.accuracy["kmax_vs_restricted0"].better,
+                    beats_majority=self.accuracy["kmax_vs_majority"].better,
+                    more_shots_worse=any(c.worse for c in self.steps.values()))
+
+    def record(self) -> dict:
+        """The JSON record of the paired tests (results file of chapter 07)."""
+        return {"label_mass_change": list(self.mass_change), "log_n_eff_change": list(self.log_n_eff_change),
+                "true_minus_random_label_mass": list(self.true_minus_random_mass),
+                **{n: vars(c) for n, c in self.accuracy.items()},
+                "label_restricted_shot_steps": {n: vars(c) for n, c in self.steps.items()}}
+
+    def lines(self, dataset: str) -> list[str]:
+        """The printed report of one dataset."""
+        return ([f"{dataset}: {self.k_max}-shot minus zero-shot: label mass {_signed_ci(self.mass_change, 3)}, "
+                 f"log N_eff {_signed_ci(self.log_n_eff_change, 2)} -> collapse "
+                 f"{'real' if self.collapse else 'not shown'}",
+                 f"{'':>7}true minus random labels ({self.random_shots}-shot): label mass "
+                 f"{_signed_ci(self.true_minus_random_mass, 3)}"]
+                + [f"{'':>7}accuracy {n}: {c}" for n, c in self.accuracy.items()]
+                + [f"{'':>7}label-restricted accuracy, {n.replace('_to_', ' -> ')} shots: {c}"
+                   for n, c in self.steps.items()])
+
+    def glue_values(self, dataset: str) -> dict[str, str]:
+        """The dataset's comparisons as the text cites them, by glue name without the ``collapse_`` prefix."""
+        return ({f"{dataset}_{n}": str(c) for n, c in self.accuracy.items()}
+                | {f"{dataset}_shot_steps": "; ".join(f"{n.replace('_to_', ' to ')} shots {c}"
+                                                      for n, c in self.steps.items()),
+                   f"{dataset}_dmass": _signed_ci(self.mass_change, 3),
+                   f"{dataset}_drand": _signed_ci(self.true_minus_random_mass, 3)})
+
+
+def shot_effect(curves: Mapping[int | str, LensCurves], labels: torch.Tensor, *, shots: Sequence[int],
+                random_label_shots: int, seed: int = 0) -> ShotEffect:
+    """Paired per-query comparisons of one dataset's prompt sets ``curves[key]`` (keys: every shot count of
+    ``shots``, which holds 0, and ``"random"``): see :class:`ShotEffect`. ``labels`` ``(P,)`` scores the majority
+    answer. All intervals are seeded with ``seed``."""
+    missing = [k for k in (0, random_label_shots, *shots, "random") if k not in curves]
+    if missing:
+        raise ValueError(f"curves lacks the prompt sets {missing} (keys: shots, which must hold 0, and 'random')")
+    k_max = max(shots)
+    z, kk, r1, rr = curves[0], curves[k_max], curves[random_label_shots], curves["random"]
+    d_mass = bootstrap_ci(kk.label_mass[:, -1] - z.label_mass[:, -1], seed=seed)
+    d_neff = bootstrap_ci(torch.log(kk.n_eff[:, -1]) - torch.log(z.n_eff[:, -1]), seed=seed)
+    d_rand = bootstrap_ci(r1.label_mass[:, -1] - rr.label_mass[:, -1], seed=seed)
+    cmp = {"kmax_vs_restricted0": compare(kk.correct, z.restricted, seed=seed),
+           "kmax_vs_majority": compare(kk.correct, baselines.majority_correct(labels), seed=seed)}
+    if z.calibrated is not None:
+        cmp["kmax_vs_calibrated0"] = compare(kk.correct, z.calibrated, seed=seed)
+    # the label-restricted accuracy (fair to zero-shot, whose full-vocabulary argmax is rarely a label) from each
+    # shot count to the next, paired on the same queries
+    steps = {f"{a}_to_{b}": compare(curves[b].restricted, curves[a].restricted, seed=seed)
+             for a, b in zip(shots, shots[1:])}
+    return ShotEffect(k_max=k_max, random_shots=random_label_shots, mass_change=d_mass, log_n_eff_change=d_neff,
+                      true_minus_random_mass=d_rand, accuracy=cmp, steps=steps,
+                      kmax_mass=float(kk.label_mass[:, -1].mean()))
+
+
+def _names(xs: list[str]) -> str:
+    return ", ".join(xs) if xs else "none"
+
+
+def verdict_values(verdicts: Mapping[str, Mapping[str, bool]]) -> dict[str, str]:
+    """The chapter's verdicts across datasets (``verdicts[dataset]`` from :meth:`ShotEffect.verdict`), as the text
+    cites them, by glue name without the ``collapse_`` prefix: where the collapse onto the label set is supported or
+    only partly (real, but the label set keeps less than half the mass), and which datasets each other verdict
+    holds on ("none" when on none)."""
+    onto = [ds for ds, v in verdicts.items() if v["onto_label_set"]]
+    toward = [ds for ds, v in verdicts.items() if v["collapse"] and not v["onto_label_set"]]
+    parts = ([f"supported on {_names(onto)}"] if onto else []) + (
+        [f"only partly on {_names(toward)} (real, but the label set keeps less than half the mass)"] if toward else [])
+    return {"verdict": "; ".join(parts) or "not reproduced on this model",
+            **{name: _names([ds for ds, v in verdicts.items() if v[name]])
+               for name in ("format_only", "beats_restricted", "beats_majority", "more_shots_worse")}}

@@ -1,0 +1,299 @@
+r"""Held-out verdicts on the gate chapter's models and the theory's quantities on the fitted gate (book chapter
+``12_gate_in_transformer``), from the evaluations of :func:`cgar_src.analysis.crossfit.evaluate`.
+
+* :func:`gate_vs_dense`: the chapter's question, sparse gate (c) against dense bias (b) on the same held-out queries.
+  On the distribution itself the paired difference :math:`\mathrm{mean}_i(\mathrm{KL}_i^{dense} -
+  \mathrm{KL}_i^{gate})` with a percentile-bootstrap interval (> 0: the gate is closer to :math:`p_{ICL}`); on top-1
+  agreement and label accuracy :func:`cgar_src.analysis.stats.compare`. A side wins only when the interval excludes 0.
+* :func:`model_table`: every model's held-out KL, agreement and accuracy with intervals, the paired verdicts and
+  their tally over the settings.
+* :func:`uniqueness_tests`: the fixed point's count is a test of Theorem ``thm-fixed-point`` (chapter
+  ``05_fixed_point``) only where the contraction bound :math:`\beta\lambda^2/(2\alpha)` is below 1, where the theorem
+  promises one fixed point; a fold passes when every one of its queries has exactly one.
+* :func:`theory_table`: the theory's quantities per setting (support, one-hotness, :math:`\alpha_{crit}`,
+  :math:`\Delta_{gate}`, bounds, fixed points).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..theory import dynamics
+from .crossfit import Evaluation
+from .stats import Comparison, accuracy_ci, bootstrap_ci, compare
+
+__all__ = ["MODEL_NAMES", "WHO", "GateVsDense", "gate_vs_dense", "tally", "overall_verdict", "ModelTable",
+           "model_table", "uniqueness_tests", "TheoryTable", "theory_table"]
+
+MODEL_NAMES = {"zero_shot": "(a) zero-shot", "dense": "(b) dense bias", "gated": "(c) sparse gate",
+               "fixed_point": "(d) fixed point", "prior": "(e) prior / majority"}
+WHO = ("gate", "dense", "tie")
+
+
+def _r4(ci) -> list[float]:
+    return [round(float(x), 4) for x in ci]
+
+
+def _pm(ci) -> str:
+    return f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]"
+
+
+def _winner(c: Comparison) -> str:
+    return "gate" if c.better else "dense" if c.worse else "tie"
+
+
+@dataclass(frozen=True)
+class GateVsDense:
+    """Gate minus dense on the same held-out queries, and the fixed point's KL reduction over the gate."""
+
+    kl_reduction: tuple[float, float, float]               # KL(dense) - KL(gate): mean, interval; > 0: gate closer
+    agree: Comparison                                       # agreement with the in-context argmax, gate - dense
+    accuracy: Comparison                                    # label accuracy, gate - dense
+    fixed_point_kl_reduction: tuple[float, float, float]    # KL(gate) - KL(fixed point); > 0: fixed point closer
+
+    @property
+    def kl_winner(self) -> str:
+        """``"gate"`` or ``"dense"`` when the KL difference's interval excludes 0, else ``"tie"``."""
+        mean, lo, hi = self.kl_reduction
+        real = lo > 0 or hi < 0
+        return "gate" if real and mean > 0 else "dense" if real else "tie"
+
+    @property
+    def agree_winner(self) -> str:
+        return _winner(self.agree)
+
+    @property
+    def accuracy_winner(self) -> str:
+        return _winner(self.accuracy)
+
+
+def gate_vs_dense(per_query: Mapping[str, Mapping[str, torch.Tensor]], *, seed: int = 0) -> GateVsDense:
+    """The paired comparisons of the module docstring from per-query results (``per_query[model]["kl"]``,
+    ``["agree"]``, ``["correct"]``)."""
+    for m in ("dense", "gated", "fixed_point"):
+        if m not in per_query:
+            raise ValueError(f"per_query must hold the models dense, gated and fixed_point; missing {m!r}")
+    q = per_query
+    return GateVsDense(kl_reduction=bootstrap_ci(q["dense"]["kl"] - q["gated"]["kl"], seed=seed),
+                       agree=compare(q["gated"]["agree"], q["dense"]["agree"], seed=seed),
+                       accuracy=compare(q["gated"]["correct"], q["dense"]["correct"], seed=seed),
+                       fixed_point_kl_reduction=bootstrap_ci(q["gated"]["kl"] - q["fixed_point"]["kl"], seed=seed))
+
+
+def tally(verdicts: Sequence[tuple[str, str]], who: str) -> str:
+    """``"2 of 6 (sst2 at layer 25, trec at layer 30)"``: how many settings ``(where, winner)`` went to ``who``."""
+    if who not in WHO:
+        raise ValueError(f"who must be one of {WHO}, got {who!r}")
+    hits = [w for w, v in verdicts if v == who]
+    return f"{len(hits)} of {len(verdicts)}" + (f" ({', '.join(hits)})" if hits else "")
+
+
+def overall_verdict(kl_verdicts: Sequence[tuple[str, str]]) -> str:
+    """The chapter's verdict: supported when the gate is closer to the in-context distribution than the dense bias
+    in more than half of the settings."""
+    n, n_gate = len(kl_verdicts), sum(v == "gate" for _, v in kl_verdicts)
+    n_dense = sum(v == "dense" for _, v in kl_verdicts)
+    return ("supported: the sparse gate is closer to the in-context distribution than the dense bias in most "
+            f"settings ({n_gate} of {n})" if n_gate > n / 2 else
+            "not reproduced on this model: the sparse gate is closer to the in-context distribution than the dense "
+            f"bias in {n_gate} of {n} settings, the dense bias in {n_dense}")
+
+
+@dataclass
+class ModelTable:
+    """Per setting ``(dataset, layer)``: every model's intervals (``cis[setting][model]``: ``kl``, ``agree``,
+    ``accuracy``), the in-context prediction's accuracy, gate against dense, and the verdicts per target."""
+
+    cis: dict[tuple[str, int], dict[str, dict[str, tuple]]]
+    icl: dict[tuple[str, int], tuple]
+    paired: dict[tuple[str, int], GateVsDense]
+    params: dict[tuple[str, int], dict[str, list]]
+    tags: dict[tuple[str, int], str]
+    verdicts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = {s: f"{s[0]} at layer {s[1]}" for s in self.paired}
+        self.verdicts = {"kl": [(where[s], p.kl_winner) for s, p in self.paired.items()],
+                         "agree": [(where[s], p.agree_winner) for s, p in self.paired.items()],
+                         "acc": [(where[s], p.accuracy_winner) for s, p in self.paired.items()]}
+
+    @property
+    def verdict(self) -> str:
+        return overall_verdict(self.verdicts["kl"])
+
+    def text(self) -> str:
+        """The table as the chapter prints it: one row per model, the target's row, gate minus dense; the tally."""
+        lines = [f"{'dataset':>7} {'layer':>5} {'model':>20} {'KL(p_ICL || p) [95% CI]':>26} {'agree w/ ICL':>20} "
+                 f"{'label accuracy':>20}"]
+        ci2 = lambda ci: f"{ci[0]:.2f} [{ci[1]:.2f}, {ci[2]:.2f}]"
+        for (ds, l), rows in self.cis.items():
+            for m, name in MODEL_NAMES.items():
+                kl = rows[m]["kl"]
+                lines.append(f"{ds:>7} {l:>5} {name:>20} {f'{kl[0]:.3f} [{kl[1]:.3f}, {kl[2]:.3f}]':>26} "
+                             f"{ci2(rows[m]['agree']):>20} {ci2(rows[m]['accuracy']):>20}")
+            lines.append(f"{ds:>7} {l:>5} {'in-context (target)':>20} {'0 by definition':>26} {'1.00':>20} "
+                         f"{ci2(self.icl[ds, l]):>20}")
+            p = self.paired[ds, l]
+            lines += [f"{'':>7} {'':>5} KL(dense) - KL(gate) = {_pm(p.kl_reduction)}; agreement gate - dense "
+                      f"{p.agree}; accuracy gate - dense {p.accuracy}", ""]
+        lines.append(f"KL to the in-context distribution: gate closer in {tally(self.verdicts['kl'], 'gate')} | dense "
+                     f"closer in {tally(self.verdicts['kl'], 'dense')} | indistinguishable in "
+                     f"{tally(self.verdicts['kl'], 'tie')}")
+        return "\n".join(lines)
+
+    def glue_values(self) -> dict[str, str]:
+        """The values the chapter's text cites, formatted as it shows them (names without the chapter's prefix)."""
+        out = {}
+        for s, rows in self.cis.items():
+            tag, p = self.tags[s], self.paired[s]
+            for m in MODEL_NAMES:
+                out |= {f"{tag}_kl_{m}": f"{rows[m]['kl'][0]:.3f}", f"{tag}_agree_{m}": f"{rows[m]['agree'][0]:.2f}",
+                        f"{tag}_acc_{m}": f"{rows[m]['accuracy'][0]:.2f}"}
+            out |= {f"{tag}_acc_icl": f"{self.icl[s][0]:.2f}", f"{tag}_dkl": _pm(p.kl_reduction),
+                    f"{tag}_dagree": str(p.agree), f"{tag}_dacc": str(p.accuracy),
+                    f"{tag}_dkl_fp": _pm(p.fixed_point_kl_reduction)}
+        for key, v in self.verdicts.items():
+            for who in WHO:
+                out[f"{key}_{who}"] = tally(v, who)
+        return out | {"verdict": self.verdict}
+
+    def summary(self) -> dict:
+        """What the chapter saves: per ``"dataset/layer"`` every model's rounded intervals and parameters, the
+        target's accuracy and gate minus dense; the verdicts."""
+        out: dict = {}
+        for (ds, l), rows in self.cis.items():
+            row = {m: {"kl": _r4(c["kl"]), "agree": _r4(c["agree"]), "accuracy": _r4(c["accuracy"]),
+                       "params": self.params[ds, l][m]} for m, c in rows.items()}
+            p = self.paired[ds, l]
+            row["in-context (target)"] = {"accuracy": _r4(self.icl[ds, l])}
+            row["gate_minus_dense"] = {"kl_reduction": _r4(p.kl_reduction), "agree": str(p.agree),
+                                       "accuracy": str(p.accuracy),
+                                       "fixed_point_kl_reduction_over_gate": _r4(p.fixed_point_kl_reduction)}
+            out[f"{ds}/{l}"] = row
+        return out | {"verdicts": self.verdicts}
+
+
+def model_table(results: Mapping[tuple[str, int], Evaluation], layer_tag: Mapping[int, str], *,
+                seed: int = 0) -> ModelTable:
+    """Intervals and paired verdicts of every setting ``(dataset, context layer)`` of ``results``: KL with a
+    percentile-bootstrap interval, agreement and accuracy with Wilson intervals (the prior's accuracy is its
+    fitting rows' majority label)."""
+    if not results:
+        raise ValueError("results must hold at least one setting (dataset, layer) -> Evaluation")
+    cis, icl, paired, params, tags = {}, {}, {}, {}, {}
+    for (ds, l), r in results.items():
+        if l not in layer_tag:
+            raise ValueError(f"layer_tag has no name for context layer {l}")
+        q = r.per_query
+        cis[ds, l] = {m: {"kl": bootstrap_ci(q[m]["kl"], seed=seed), "agree": accuracy_ci(q[m]["agree"]),
+                          "accuracy": accuracy_ci(q[m]["correct_majority" if m == "prior" else "correct"])}
+                      for m in MODEL_NAMES}
+        icl[ds, l] = accuracy_ci(r.icl_correct)
+        paired[ds, l] = gate_vs_dense(q, seed=seed)
+        params[ds, l] = {m: r.fits[m].params for m in MODEL_NAMES}
+        tags[ds, l] = f"{ds}_{layer_tag[l]}"
+    return ModelTable(cis=cis, icl=icl, paired=paired, params=params, tags=tags)
+
+
+def uniqueness_tests(n_distinct: torch.Tensor, fold: torch.Tensor, bounds: Sequence[float]) -> tuple[int, int]:
+    """``(tested, passed)``: the folds whose contraction bound (``bounds[f]``) is below 1 are tested, and a tested
+    fold passes when every query of it (``fold == f``) has exactly one distinct fixed point (``n_distinct``)."""
+    n_distinct, fold = torch.as_tensor(n_distinct), torch.as_tensor(fold)
+    if n_distinct.shape != fold.shape or n_distinct.ndim != 1:
+        raise ValueError(f"n_distinct and fold must be (P,) per-query vectors, got {tuple(n_distinct.shape)} and "
+                         f"{tuple(fold.shape)}")
+    if fold.numel() and (int(fold.min()) < 0 or int(fold.max()) >= len(bounds)):
+        raise ValueError(f"fold indices must lie in [0, {len(bounds)}) (one bound per fold)")
+    tested = passed = 0
+    for f, bound in enumerate(bounds):
+        if bound < 1:
+            tested += 1
+            passed += int(bool((n_distinct[fold == f] == 1).all()))
+    return tested, passed
+
+
+def _theory_row(r: Evaluation) -> dict:
+    th, fits = r.theory, r.fits
+    return {"alpha": [p["alpha"] for p in fits["gated"].params], "beta": [p["beta"] for p in fits["gated"].params],
+            "lam": [p["lam"] for p in fits["gated"].params], "alpha_crit_median": float(th["alpha_crit"].median()),
+            "one_hot_fraction": float(th["one_hot"].mean()), "support_median": float(th["support"].median()),
+            "support_max": int(th["support"].max()),
+            "delta_gate_positive": float((th["delta_gate"] > 0).double().mean()),
+            "delta_gate_mean": float(th["delta_gate"].mean()),
+            "bound_gated": [dynamics.contraction_bound(p["alpha"], p["beta"], p["lam"]) for p in fits["gated"].params],
+            "bound_fixed_point": fits["fixed_point"].extra["bound"],
+            "fixed_point_lambda": [p["lam"] for p in fits["fixed_point"].params],
+            "fixed_point_converged": float(fits["fixed_point"].extra["converged"].double().mean()),
+            "multi_fixed_point_fraction": float((th["n_distinct"] > 1).double().mean()),
+            "max_fixed_points": int(th["n_distinct"].max()),
+            "starts": th["n_starts"], "starts_converged_fraction": float(th["n_converged"].mean() / th["n_starts"])}
+
+
+@dataclass
+class TheoryTable:
+    """Per setting the theory's quantities at the fitted gate (:func:`theory_table`) and the uniqueness tests."""
+
+    rows: dict[tuple[str, int], dict]
+    tags: dict[tuple[str, int], str]
+    tested: int
+    passed: int
+
+    def text(self) -> str:
+        lines = [f"{'dataset':>7} {'layer':>5} {'alpha (folds)':>14} {'med a_crit':>10} {'one-hot':>8} "
+                 f"{'support med/max':>16} {'D_gate>0':>8} {'mean D_gate':>11} {'bound (c)':>10} {'bound (d)':>10} "
+                 f"{'fp conv':>7} {'>1 fixed pt':>11} {'max #':>5}"]
+        for (ds, l), row in self.rows.items():
+            alpha_s = ", ".join(f"{a:g}" for a in row["alpha"])
+            support_s = f"{row['support_median']:.0f} / {row['support_max']}"
+            bc = ", ".join(f"{b:.3g}" for b in row["bound_gated"])
+            bd = ", ".join(f"{b:.3g}" for b in row["bound_fixed_point"])
+            lines.append(f"{ds:>7} {l:>5} {alpha_s:>14} {row['alpha_crit_median']:>10.3f} "
+                         f"{row['one_hot_fraction']:>8.2f} {support_s:>16} {row['delta_gate_positive']:>8.2f} "
+                         f"{row['delta_gate_mean']:>11.4f} {bc:>10} "
+                         f"{bd:>10} {row['fixed_point_converged']:>7.2f} {row['multi_fixed_point_fraction']:>11.2f} "
+                         f"{row['max_fixed_points']:>5}")
+        lines.append(f"fixed-point uniqueness tested where the bound of (d) is below 1: {self.tested} fold-settings, "
+                     f"unique in {self.passed}")
+        return "\n".join(lines)
+
+    def glue_values(self) -> dict:
+        """The values the chapter's text cites, formatted as it shows them (names without the chapter's prefix)."""
+        out: dict = {}
+        fmt = lambda xs, spec: ", ".join(f"{x:{spec}}" for x in xs)
+        for s, row in self.rows.items():
+            tag = self.tags[s]
+            out |= {f"{tag}_alpha": fmt(row["alpha"], "g"), f"{tag}_lam": fmt(row["lam"], "g"),
+                    f"{tag}_beta": fmt(row["beta"], "g"), f"{tag}_alpha_crit": f"{row['alpha_crit_median']:.2f}",
+                    f"{tag}_one_hot": f"{row['one_hot_fraction']:.2f}",
+                    f"{tag}_support": f"{row['support_median']:.0f}",
+                    f"{tag}_support_max": row["support_max"], f"{tag}_dgate_pos": f"{row['delta_gate_positive']:.2f}",
+                    f"{tag}_bound": fmt(row["bound_gated"], ".3g"),
+                    f"{tag}_bound_fp": fmt(row["bound_fixed_point"], ".3g"),
+                    f"{tag}_fp_lam": fmt(row["fixed_point_lambda"], "g"),
+                    f"{tag}_fp_conv": f"{row['fixed_point_converged']:.2f}",
+                    f"{tag}_multi": f"{row['multi_fixed_point_fraction']:.2f}",
+                    f"{tag}_max_fp": row["max_fixed_points"]}
+        return out | {"fp_tested": self.tested, "fp_passed": self.passed}
+
+    def summary(self) -> dict:
+        """What the chapter saves: per ``"dataset/layer"`` the row (floats rounded to 4 digits), the tests."""
+        out: dict = {f"{ds}/{l}": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+                     for (ds, l), row in self.rows.items()}
+        return out | {"uniqueness_tests": {"fold_settings_below_bound": self.tested, "unique_everywhere": self.passed}}
+
+
+def theory_table(results: Mapping[tuple[str, int], Evaluation], layer_tag: Mapping[int, str]) -> TheoryTable:
+    """The theory's quantities per setting (module docstring) and the fixed-point uniqueness tests over all of them."""
+    if not results:
+        raise ValueError("results must hold at least one setting (dataset, layer) -> Evaluation")
+    rows, tags, tested, passed = {}, {}, 0, 0
+    for (ds, l), r in results.items():
+        if l not in layer_tag:
+            raise ValueError(f"layer_tag has no name for context layer {l}")
+        rows[ds, l], tags[ds, l] = _theory_row(r), f"{ds}_{layer_tag[l]}"
+        fp = r.fits["fixed_point"]
+        t, p = uniqueness_tests(r.theory["n_distinct"], fp.fold, fp.extra["bound"])
+        tested, passed = tested + t, passed + p
+    return TheoryTable(rows=rows, tags=tags, tested=tested, passed=passed)

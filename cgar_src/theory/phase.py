@@ -1,0 +1,210 @@
+r"""The phase transition in gate selectivity (book: chapter ``04_phase_transition``).
+
+Theorem ``thm-phase``: for :math:`\lambda = 0` the sparsemax gate :math:`g = \mathrm{sparsemax}(u/\alpha)` is one-hot
+iff :math:`\alpha \le \alpha_{crit} = u_{(1)} - u_{(2)}`; just above, its peak falls with slope
+:math:`-1/(2\alpha_{crit})` (a kink). With feedback the threshold is (equation ``alpha-crit-coupled``),
+:math:`\alpha_{crit}(\lambda) = \min_{j\ne m}[(s_{c,m} + \lambda p^\circ_m) - (s_{c,j} + \lambda p^\circ_j)]` with
+:math:`p^\circ = \mathrm{softmax}(\beta(s_q + \lambda e_m))`, and its runner-up form is the shift
+:math:`\lambda(p^\circ_m - p^\circ_{j^*})`. For N independent standard Gaussian scores the top gap
+:math:`D_N = u_{(1)} - u_{(2)}` has mean :math:`N\int\Phi(x)^{N-1}(1 - \Phi(x))\,dx` (equation ``gap-mean``) and
+:math:`h(b_N)D_N \to \mathrm{Exp}(1)`, :math:`b_N = \Phi^{-1}(1 - 1/N)`, :math:`h = \varphi/(1 - \Phi)`.
+
+The chapter's instance is Figure 2's model (:func:`cgar_src.theory.simulate.make_bank`) with one trial and context
+gain 1: :math:`s_q = X^\top(x_\nu + \sigma_q z)`, :math:`s_c = K^\top(k_\mu + \sigma_c z')`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .._validate import nonnegative, positive, positive_int
+from .dynamics import (alpha_crit_coupled, contraction_bound, fixed_point, gated_retrieval, measured_alpha_crit,
+                       measured_alpha_crit_batch)
+from .gate import alpha_crit, peak_gate_curve
+from .simulate import SweepConfig, make_bank
+
+__all__ = ["PhaseModel", "closed_form_errors", "kink_slopes", "fixed_point_peak_curves", "CoupledThreshold",
+           "coupled_thresholds", "top_gap_mean_exact", "top_gap_evt_scale", "gaussian_top_gaps", "FeedbackShift",
+           "feedback_shifts"]
+
+
+@dataclass(frozen=True)
+class PhaseModel:
+    """The chapter's random instance: N unit-norm memories and context keys in R^d, a query and a context that are
+    noisy copies (per-coordinate noise ``query_noise``, ``context_noise``) of a memory and of its key."""
+
+    n_memories: int
+    dim: int
+    query_noise: float
+    context_noise: float
+
+    def __post_init__(self):
+        positive_int(self.dim, "dim")
+        if positive_int(self.n_memories, "n_memories") < 2:
+            raise ValueError(f"n_memories must be >= 2, got {self.n_memories}")
+        nonnegative(self.query_noise, "query_noise")
+        nonnegative(self.context_noise, "context_noise")
+
+    def sweep_config(self) -> SweepConfig:
+        """One trial of Figure 2's model with context gain 1 (alpha, beta and the couplings play no part here)."""
+        return SweepConfig(n_memories=self.n_memories, dim=self.dim, n_trials=1, sigmas=(self.query_noise,),
+                           lambdas=(0.0,), context_gain=1.0, context_noise=self.context_noise)
+
+    def draw(self, gen: torch.Generator, *, query_elsewhere: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """One instance from ``gen``: scores ``(s_q, s_c)``, each of shape ``(N,)``. ``query_elsewhere``: the query
+        copies a memory other than the context's (uniform over the rest)."""
+        if not isinstance(gen, torch.Generator):
+            raise ValueError(f"gen must be a torch.Generator, got {type(gen).__name__}")
+        cfg = self.sweep_config()
+        s_q, s_c = make_bank(cfg, generator=gen, query_elsewhere=query_elsewhere).scores(cfg, self.query_noise)
+        return s_q[0], s_c[0]
+
+    def draw_many(self, n: int, gen: torch.Generator, *, alternate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` instances drawn one after another from ``gen``, stacked to shape ``(n, N)``. ``alternate``: every
+        second instance (the 2nd, 4th, ...) has its query on another memory than its context."""
+        pairs = [self.draw(gen, query_elsewhere=alternate and k % 2 == 1) for k in range(positive_int(n, "n"))]
+        return torch.stack([q for q, _ in pairs]), torch.stack([c for _, c in pairs])
+
+
+def closed_form_errors(model: PhaseModel, n_instances: int, gen: torch.Generator, beta: float) -> torch.Tensor:
+    r"""The error :math:`|\text{measured} - \text{closed form}|` of :math:`\alpha_{crit}` at :math:`\lambda = 0` on
+    ``n_instances`` fresh instances: the measurement bisects on alpha over the fixed-point solver's gate (bracket
+    :math:`[\alpha_{crit}/4, 4\alpha_{crit}]`), the closed form is :math:`u_{(1)} - u_{(2)}`.
+    Shape ``(n_instances,)``."""
+    errs = []
+    for _ in range(positive_int(n_instances, "n_instances")):
+        s_q, s_c = model.draw(gen)
+        ac = alpha_crit(s_c).item()
+        errs.append(abs(measured_alpha_crit(s_q, s_c, beta, 0.0, lo=ac / 4, hi=4 * ac) - ac))
+    return torch.tensor(errs, dtype=torch.float64)
+
+
+def kink_slopes(s_c: torch.Tensor, h: float = 1e-6) -> tuple[float, float]:
+    r"""One-sided difference slopes of the closed-form peak gate at :math:`\alpha_{crit}` (step ``h``): the theorem
+    says left 0 and right :math:`-1/(2\alpha_{crit})`."""
+    h = positive(h, "h")
+    a = alpha_crit(s_c).item()
+    peaks, _ = peak_gate_curve(s_c, torch.tensor([a - h, a, a + h], dtype=torch.float64))
+    return ((peaks[1] - peaks[0]) / h).item(), ((peaks[2] - peaks[1]) / h).item()
+
+
+def fixed_point_peak_curves(s_q: torch.Tensor, s_c: torch.Tensor, alphas: torch.Tensor, beta: float,
+                            lambdas: Sequence[float]) -> dict[float, torch.Tensor]:
+    r"""Peak gate :math:`\max_i g_i` at the coupled fixed point (solved to 1e-12) for every alpha in ``alphas`` and
+    every coupling: ``{lam: tensor of shape (A,)}``."""
+    return {lam: torch.stack([fixed_point(s_q, s_c, a.item(), beta, lam, tol=1e-12, max_iter=10_000).g.max()
+                              for a in alphas]) for lam in lambdas}
+
+
+@dataclass(frozen=True)
+class CoupledThreshold:
+    """The threshold of one instance at coupling ``lam``: derived (equation ``alpha-crit-coupled``), measured by
+    bisection, the shift against :math:`\\lambda = 0`, and the contraction bound at the derived threshold."""
+
+    lam: float
+    derived: float
+    measured: float
+    shift: float
+    contraction: float
+
+
+def coupled_thresholds(s_q: torch.Tensor, s_c: torch.Tensor, beta: float,
+                       lambdas: Sequence[float]) -> list[CoupledThreshold]:
+    r""":math:`\alpha_{crit}(\lambda)` of one instance for every coupling: closed form and bisection on the solver
+    (bracket ``[derived/4, 4 derived]``), shift :math:`\alpha_{crit}(\lambda) - (u_{(1)} - u_{(2)})` and
+    :math:`L = \beta\lambda^2/(2\alpha_{crit}(\lambda))`."""
+    a0 = alpha_crit(s_c).item()
+    rows = []
+    for lam in lambdas:
+        derived = alpha_crit_coupled(s_q, s_c, beta, lam).item()
+        measured = measured_alpha_crit(s_q, s_c, beta, lam, lo=derived / 4, hi=4 * derived)
+        rows.append(CoupledThreshold(lam=lam, derived=derived, measured=measured, shift=derived - a0,
+                                     contraction=contraction_bound(derived, beta, lam)))
+    return rows
+
+
+def top_gap_mean_exact(n: int) -> float:
+    r""":math:`\mathbb E\,D_N = N\int\Phi(x)^{N-1}(1-\Phi(x))\,dx` for N independent standard Gaussian scores
+    (equation ``gap-mean``), by the trapezoidal rule on [-9, 9] in log space (36001 points)."""
+    n = positive_int(n, "n")
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    x = np.linspace(-9, 9, 36001)
+    return float(np.trapezoid(n * np.exp((n - 1) * stats.norm.logcdf(x) + stats.norm.logsf(x)), x))
+
+
+def top_gap_evt_scale(n: int) -> float:
+    r"""Extreme-value scale of the top gap, :math:`1/h(b_N) = (1 - \Phi(b_N))/\varphi(b_N)` with
+    :math:`b_N = \Phi^{-1}(1 - 1/N)`: the asymptotic mean of :math:`D_N` (its median is :math:`\ln 2` times it)."""
+    n = positive_int(n, "n")
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    b = stats.norm.isf(1 / n)
+    return stats.norm.sf(b) / stats.norm.pdf(b)
+
+
+def gaussian_top_gaps(ns: Sequence[int], n_samples: int, gen: torch.Generator, *, chunk: int = 500) -> list[dict]:
+    r"""Sampled top gap :math:`D_N` (``n_samples`` samples of N standard Gaussian scores, drawn in chunks of ``chunk``
+    rows from ``gen``) against its exact mean, the extreme-value mean :math:`1/h(b_N)` and median
+    :math:`\ln 2/h(b_N)`, and the crude :math:`1/\sqrt{2\ln N}`. One dict per N (keys ``N, mean, sem, median,
+    exact_mean, evt_mean, evt_median, crude``)."""
+    n_samples, chunk = positive_int(n_samples, "n_samples"), positive_int(chunk, "chunk")
+    sizes = [chunk] * (n_samples // chunk) + ([n_samples % chunk] if n_samples % chunk else [])
+    rows = []
+    for n in ns:
+        n = positive_int(n, "ns")
+        if n < 2:
+            raise ValueError(f"ns must all be >= 2, got {n}")
+        gaps = torch.cat([alpha_crit(torch.randn(s, n, generator=gen, dtype=torch.float64)) for s in sizes])
+        scale = top_gap_evt_scale(n)
+        rows.append(dict(N=n, mean=gaps.mean().item(), sem=(gaps.std() / math.sqrt(len(gaps))).item(),
+                         median=gaps.median().item(), exact_mean=top_gap_mean_exact(n), evt_mean=scale,
+                         evt_median=math.log(2) * scale, crude=1 / math.sqrt(2 * math.log(n))))
+    return rows
+
+
+@dataclass
+class FeedbackShift:
+    r"""The shift of the transition at coupling ``lam`` on the instances that have one (``n_transition`` of them: a
+    one-hot fixed point exists for some alpha above ``min_alpha``): measured shift
+    :math:`\alpha_{crit}(\lambda) - \alpha_{crit}(0)`, its runner-up form :math:`\lambda(p^\circ_m - p^\circ_{j^*})`,
+    whether the query's top memory is the context's, and the largest :math:`|\text{bisection} - \text{closed form}|`
+    (equation :eq:`alpha-crit-coupled`)."""
+
+    lam: float
+    measured: torch.Tensor
+    first_order: torch.Tensor
+    agree: torch.Tensor
+    derived_error: float
+    n_transition: int
+
+
+def feedback_shifts(s_q: torch.Tensor, s_c: torch.Tensor, beta: float, lambdas: Sequence[float], *,
+                    min_alpha: float = 1e-3, n_bisect: int = 30, max_iter: int = 3000) -> list[FeedbackShift]:
+    r"""For a batch of instances (``s_q``, ``s_c`` of shape ``(B, N)``) and every coupling: measure
+    :math:`\alpha_{crit}(\lambda)` by batched bisection on the solver (bracket ``[derived/4, 4 derived]``), on the
+    instances whose derived threshold exceeds ``min_alpha``, and compare the shift with its runner-up form."""
+    min_alpha = positive(min_alpha, "min_alpha")
+    ac0 = alpha_crit(s_c)
+    m_idx = s_c.argmax(-1, keepdim=True)
+    runner = s_c.scatter(-1, m_idx, float("-inf")).argmax(-1, keepdim=True)
+    agree = s_q.argmax(-1, keepdim=True) == m_idx  # the query favours the context's memory
+    onehot = torch.zeros_like(s_c).scatter(-1, m_idx, 1.0)
+    out = []
+    for lam in lambdas:
+        derived = alpha_crit_coupled(s_q, s_c, beta, lam)
+        ok = derived > min_alpha  # a one-hot fixed point exists for some alpha > 0 (else no transition to measure)
+        if not ok.any():
+            raise ValueError(f"no instance has a transition above min_alpha={min_alpha} at lam={lam}")
+        measured = measured_alpha_crit_batch(s_q[ok], s_c[ok], beta, lam, lo=derived[ok] / 4, hi=4 * derived[ok],
+                                             n_bisect=n_bisect, max_iter=max_iter)
+        p0 = gated_retrieval(s_q, onehot, beta, lam)
+        first = lam * (p0.gather(-1, m_idx) - p0.gather(-1, runner)).squeeze(-1)[ok]
+        out.append(FeedbackShift(lam=lam, measured=measured - ac0[ok], first_order=first, agree=agree.squeeze(-1)[ok],
+                                 derived_error=(measured - derived[ok]).abs().max().item(), n_transition=int(ok.sum())))
+    return out

@@ -1,0 +1,110 @@
+"""Coupled retrieval (chapter 08): the additive grid and its controls on tiny random models (lambda = 0 is the
+zero-shot decode), and the best-setting table and verdicts on constructed grids with known answers."""
+import pytest
+import torch
+
+from cgar_src.analysis import coupled, lens
+from cgar_src.analysis.stats import wilson
+from cgar_src.lm import Unembed
+from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
+
+LABEL_IDS = [5, 17, 99]
+LAMBDAS = [0.0, 0.5, 4.0]
+
+
+def states(P: int = 8, layers: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randn(P, layers, 64, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+def test_coupled_grid_at_zero_coupling_is_the_zero_shot_decode(tiny):
+    un = Unembed(tiny.model)
+    h0, h1, cf = states(seed=0), states(seed=1), states(seed=2)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    g = coupled.coupled_grid(un, h0, h1, labels, LABEL_IDS, k=1, lambdas=LAMBDAS, context_layers=[1, 3],
+                             query_layers=[2, 3], generator=torch.Generator().manual_seed(0), h_cf=cf, h_cf_zero=cf)
+    P = len(labels)
+    assert g.acc_all.shape == (P, 2, 2, 3) and g.alone.shape == (2, P)
+    assert all(g.acc[n].shape == (P, 2, 3) and g.mass[n].shape == (P, 2, 3) for n in coupled.VECTORS)
+    zero = g.base["zero-shot"]
+    for name in coupled.VECTORS:                     # lambda = 0 adds nothing, whatever the vector
+        assert torch.equal(g.acc[name][:, 0, 0], zero) and torch.equal(g.acc[name][:, 1, 0], zero)
+    assert torch.equal(g.acc_all[:, 1], g.acc["c_bar"])   # the final query layer is the second of [2, 3]
+    with torch.no_grad():
+        z = un(h0[:, -1]).double()
+    assert torch.equal(zero, (z.argmax(-1) == torch.tensor(LABEL_IDS)[labels]).double())
+    assert torch.equal(g.base["zero-shot, label-restricted"], (z[:, LABEL_IDS].argmax(-1) == labels).double())
+    assert set(g.base) == {"zero-shot", "zero-shot, label-restricted", "1-shot prompting", "majority answer",
+                           "zero-shot, calibrated", "1-shot, calibrated"}
+    c_bar = (h1 - h0).mean(0)
+    alone = lens.decode_stats(un, c_bar[[1, 3]], LABEL_IDS).argmax
+    assert torch.equal(g.alone, (alone[:, None] == torch.tensor(LABEL_IDS)[labels][None]).double())
+    assert torch.equal(g.best_over_lambda(), g.acc_all.mean(0).amax(-1))
+
+
+def test_coupled_grid_checks_its_inputs(tiny):
+    un = Unembed(tiny.model)
+    h, labels, gen = states(), torch.zeros(8, dtype=torch.long), torch.Generator()
+    kw = dict(k=1, lambdas=LAMBDAS, context_layers=[1], generator=gen)
+    with pytest.raises(ValueError, match="final layer 3"):
+        coupled.coupled_grid(un, h, h, labels, LABEL_IDS, query_layers=[2], **kw)
+    with pytest.raises(ValueError, match="h_icl"):
+        coupled.coupled_grid(un, h, h[:4], labels, LABEL_IDS, query_layers=[3], **kw)
+    with pytest.raises(ValueError, match="h_cf_zero"):
+        coupled.coupled_grid(un, h, h, labels, LABEL_IDS, query_layers=[3], h_cf_zero=h[:, :2], **kw)
+
+
+def constructed_grid(P: int = 20, k: int = 1) -> coupled.CoupledGrid:
+    """A grid (2 context layers x 3 couplings) where c_bar is best at (layer 1, lambda 1) and answers every query,
+    the label-prior vector is best at (layer 0, lambda 2) with half the queries, the random vector never."""
+    acc = {n: torch.zeros(P, 2, 3, dtype=torch.float64) for n in coupled.VECTORS}
+    acc["c_bar"][:, 1, 1] = 1
+    acc["c_bar"][: P // 4, 0, 0] = 1
+    acc["label_prior"][: P // 2, 0, 2] = 1
+    mass = {n: torch.full((P, 2, 3), 0.3) for n in coupled.VECTORS}
+    mass["c_bar"][:, 1, 2] = 0.8
+    half = (torch.arange(P) % 2 == 0).double()
+    base = {"zero-shot": torch.zeros(P, dtype=torch.float64), "zero-shot, label-restricted": half,
+            f"{k}-shot prompting": half.flip(0), "majority answer": half}
+    return coupled.CoupledGrid(k=k, acc=acc, mass=mass, acc_all=acc["c_bar"][:, None], base=base,
+                               alone=torch.zeros(2, P, dtype=torch.float64), labels=torch.zeros(P, dtype=torch.long))
+
+
+def test_best_setting_finds_the_constructed_optimum():
+    g = constructed_grid()
+    s = coupled.best_setting(g, context_layers=[20, 25], lambdas=[0.1, 1.0, 10.0], seed=0)
+    assert (s.layer, s.lam, s.prior_layer, s.prior_lam) == (1, 1, 0, 2)
+    assert torch.equal(s.best, torch.ones(20, dtype=torch.float64))
+    assert list(s.rows)[4:] == ["c_bar, best (c:25, lambda 1)", "label-prior vector, same setting",
+                                "label-prior vector, its best (c:20, lambda 10)", "random vector, same setting",
+                                "c_bar alone (lambda -> infinity), c:25"]
+    assert all(c.better for c in s.paired.values()) and s.paired["vs_label_prior"].diff == 0.5
+    rec = s.record()
+    assert rec["best_context_layer"] == 25 and rec["best_lambda"] == 1.0 and rec["label_prior_best"] == [20, 10.0]
+    assert rec["accuracy"]["label-prior vector, its best (c:20, lambda 10)"] == list(wilson(10, 20))
+    assert rec["accuracy_at_largest_lambda"] == 0.0
+    lines = s.lines("sst2")
+    assert lines[0] == "sst2, 1 demonstration(s) per class" and len(lines) == 1 + 9 + 4
+    g1, gmax = s.glue_values("sst2", "k1"), s.glue_values("sst2", "kmax")
+    assert g1["sst2_k1_add"] == 1.0 and g1["sst2_k1_prior"] == 0.5 and g1["sst2_k1_ctrl"] == 0.0
+    assert g1["sst2_k1_rand_max"] == 0.0 and g1["sst2_k1_vs_majority"] == str(s.paired["vs_majority"])
+    assert set(gmax) == {k.replace("_k1_", "_kmax_") for k in g1} - {"sst2_kmax_ctrl", "sst2_kmax_rand_max"}
+    assert g.concentrates()
+
+
+def test_best_setting_rejects_a_grid_of_another_shape():
+    with pytest.raises(ValueError, match="context_layers"):
+        coupled.best_setting(constructed_grid(), context_layers=[20, 25, 30], lambdas=[0.1, 1.0, 10.0])
+
+
+def test_verdict_values_follow_the_ladder():
+    good = coupled.best_setting(constructed_grid(), context_layers=[20, 25], lambdas=[0.1, 1.0, 10.0])
+    weak_grid = constructed_grid()
+    weak_grid.acc["c_bar"][:, 1, 1] = weak_grid.base["majority answer"]   # no better than the majority answer
+    weak_grid.mass["c_bar"][:] = 0.1
+    weak = coupled.best_setting(weak_grid, context_layers=[20, 25], lambdas=[0.1, 1.0, 10.0])
+    out = coupled.verdict_values({("sst2", 1): good, ("trec", 1): weak})
+    assert coupled.verdict_of(good) == "supported" and coupled.verdict_of(weak) == "not reproduced"
+    assert out["verdict"] == "supported on sst2 k=1; not reproduced on trec k=1"
+    assert out["beats_majority"] == "sst2 (1-shot)" and out["concentrates"] == "sst2 (1-shot)"
+    assert out["loses_prompting"] == "none"
+    assert not weak_grid.concentrates()
