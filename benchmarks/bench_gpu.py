@@ -47,10 +47,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cgar_src.lm import cache as cache_mod  # noqa: E402
 from cgar_src.analysis import lens as lens_mod  # noqa: E402
-from cgar_src.lm import token_batches  # noqa: E402
 from cgar_src.book.run import extract_stage, load_profile, profile_model, run_chapter  # noqa: E402
+from cgar_src.lm import cache as cache_mod  # noqa: E402
+from cgar_src.lm import token_batches  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,

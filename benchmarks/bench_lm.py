@@ -21,9 +21,9 @@ import time
 import torch
 
 from cgar_src.analysis import lens
+from cgar_src.lm import MAX_BATCH_TOKENS, Unembed, load_model, token_batches
 from cgar_src.lm.cache import CHUNK_SIZE, cached_states
 from cgar_src.tasks.data import TASKS, icl_prompt, label_token_ids, load_examples, sample_demos
-from cgar_src.lm import MAX_BATCH_TOKENS, Unembed, load_model, token_batches
 
 
 def main() -> None:

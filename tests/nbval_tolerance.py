@@ -42,8 +42,8 @@ compared this way; other MIME types keep nbval's exact comparison (images are no
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable
 
 __all__ = ["ABS_TOL", "REL_TOL", "TOLERANT_MIME", "NumericText", "split_numbers", "numbers_match", "texts_match",
            "explain", "mark_numeric", "install", "notebook_texts", "compare_notebooks"]

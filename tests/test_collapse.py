@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 from cgar_src.analysis import collapse
 from cgar_src.analysis.stats import wilson
 from cgar_src.lm import Unembed
-from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 LABEL_IDS = [5, 17, 99]
 

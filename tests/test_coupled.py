@@ -2,11 +2,11 @@
 zero-shot decode), and the best-setting table and verdicts on constructed grids with known answers."""
 import pytest
 import torch
+from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 from cgar_src.analysis import coupled, lens
 from cgar_src.analysis.stats import wilson
 from cgar_src.lm import Unembed
-from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 LABEL_IDS = [5, 17, 99]
 LAMBDAS = [0.0, 0.5, 4.0]

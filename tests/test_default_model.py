@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from cgar_src.tasks import data
 from cgar_src.lm import DEFAULT_MODEL, Unembed, hidden_states, load_model
+from cgar_src.tasks import data
 
 
 @pytest.fixture(scope="module")

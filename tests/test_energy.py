@@ -50,7 +50,7 @@ def test_hessian_matches_autograd():
     p, g = simplex(1, 8, seed=9)[0], simplex(1, 8, seed=10)[0]
     s_q, s_c = rand(8, seed=11), rand(8, seed=12)
     for kind in gate.GATE_KINDS:
-        f = lambda x: energy._energy(x[:8], x[8:], s_q, s_c, 0.8, 2.5, 1.3, kind)
+        f = lambda x, kind=kind: energy._energy(x[:8], x[8:], s_q, s_c, 0.8, 2.5, 1.3, kind)
         H = torch.autograd.functional.hessian(f, torch.cat([p, g]))
         torch.testing.assert_close(energy.hessian(p, g, 0.8, 2.5, 1.3, kind), H, atol=1e-9, rtol=1e-9)
 

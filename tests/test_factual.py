@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 from cgar_src.analysis import factual
 from cgar_src.analysis.stats import wilson
 from cgar_src.lm import Unembed
-from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 
 @dataclass

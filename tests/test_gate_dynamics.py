@@ -43,7 +43,7 @@ def test_sparsemax_kkt_and_optimality():
 def test_gate_jacobian_matches_autograd():
     u = rand(12)
     for kind in gate.GATE_KINDS:
-        J = torch.autograd.functional.jacobian(lambda x: gate.gate(x, 0.4, kind), u)
+        J = torch.autograd.functional.jacobian(lambda x, kind=kind: gate.gate(x, 0.4, kind), u)
         torch.testing.assert_close(gate.gate_jacobian(u, 0.4, kind), J, atol=1e-10, rtol=0)
 
 

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from cgar_src.theory import dynamics
 from cgar_src.analysis import gate_fit as gf
-from cgar_src.theory.gate import gate
 from cgar_src.analysis.steering import folds_of
+from cgar_src.theory import dynamics
+from cgar_src.theory.gate import gate
 
 GRID = {"alpha": [0.3, 1.0, 3.0], "beta": [0.5, 1.0, 2.0], "lam": [0.0, 1.0, 4.0, 16.0]}
 

@@ -3,8 +3,8 @@ template with "N/A"; zero-shot states shared across shot counts and label modes.
 import pytest
 import torch
 
-from cgar_src.tasks.icl import CONTENT_FREE_INPUT, task_states
 from cgar_src.lm import DEFAULT_MODEL, hidden_states, load_model
+from cgar_src.tasks.icl import CONTENT_FREE_INPUT, task_states
 
 
 @pytest.fixture(scope="module")

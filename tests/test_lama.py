@@ -4,10 +4,10 @@ import random
 
 import pytest
 import torch
+from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 from cgar_src.tasks import data
 from cgar_src.tasks.data import Fact, lama_prompts, majority_share, mentions
-from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
 
 def _facts(rel: str, pairs: list[tuple[str, str]]) -> list[Fact]:

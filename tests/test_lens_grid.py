@@ -1,10 +1,10 @@
 """The additive grid by linearity of an RMSNorm unembedding equals the decode of every grid point."""
 import pytest
 import torch
+from test_lm import tiny  # noqa: F401  (the tiny-model fixture: llama, qwen2, gpt2)
 
 import cgar_src.analysis.lens as lens
 from cgar_src.lm import Unembed
-from test_lm import tiny  # noqa: F401  (the tiny-model fixture: llama, qwen2, gpt2)
 
 
 @pytest.mark.parametrize("per_prompt", [False, True])

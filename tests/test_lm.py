@@ -3,14 +3,21 @@ import random
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
-                          Qwen2Config, Qwen2ForCausalLM)
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
-from cgar_src.tasks import data
 from cgar_src.analysis import lens
-from cgar_src.lm.cache import cached_states, cached_twin_states
 from cgar_src.lm import LoadedModel, Patch, Unembed, hidden_states
+from cgar_src.lm.cache import cached_states, cached_twin_states
+from cgar_src.tasks import data
 
 
 def byte_tokenizer():

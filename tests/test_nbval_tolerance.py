@@ -5,10 +5,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import nbformat
+import nbval_tolerance as tol
 import pytest
 from nbformat.v4 import new_output
-
-import nbval_tolerance as tol
 
 nbval_plugin = pytest.importorskip("nbval.plugin")
 IPyNbCell, nocolors = nbval_plugin.IPyNbCell, nbval_plugin.nocolors

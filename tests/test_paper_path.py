@@ -44,9 +44,9 @@ def tiny_bf16_llama(tmp_path_factory):
 def test_every_transformer_chapter_runs_on_a_bf16_llama(tiny_bf16_llama, tmp_path, monkeypatch):
     import papermill as pm
 
-    from cgar_src.tasks import data
-    from cgar_src.lm import load_model
     from cgar_src.book.run import ROOT, chapter_parameters, load_profile
+    from cgar_src.lm import load_model
+    from cgar_src.tasks import data
 
     if data.data_dir() is None:   # only with CGAR_DATA_DIR=hub, and the hub is offline in tests
         pytest.skip("CGAR_DATA_DIR=hub selects the Hugging Face hub, which tests never reach")
@@ -83,8 +83,8 @@ def test_bench_gpu_runs_on_a_tiny_random_model(tmp_path, capsys, monkeypatch):
     one dataset, shots 0 and 1, one chapter; its accounting must be consistent (tokens, FLOPs, stages)."""
     import importlib.util
 
-    from cgar_src.tasks import data
     from cgar_src.book.run import ROOT
+    from cgar_src.tasks import data
 
     if data.data_dir() is None:
         pytest.skip("no local data directory")

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import KFold
+from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
 
 from cgar_src.analysis import lens, probes
 from cgar_src.analysis.steering import folds_of
 from cgar_src.lm import Unembed, hidden_states
-from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
 
 
 @pytest.mark.parametrize("n, n_folds, seed", [(23, 5, 3), (2, 2, 0), (10, 3, 7), (101, 10, 12345), (40, 40, 1)])

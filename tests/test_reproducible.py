@@ -16,9 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import pytest
-
 import nbval_tolerance as tol
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
@@ -83,11 +82,11 @@ def test_state_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     """$CGAR_STATE_CACHE moves only the state cache; unset (or empty) it is user_cache_dir()/states, beside the
     converted models."""
     import torch
+    from test_lm import byte_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from cgar_src.lm import LoadedModel, user_cache_dir
     from cgar_src.lm.cache import STATE_CACHE_ENV, cached_states, state_cache_dir
-    from test_lm import byte_tokenizer
 
     monkeypatch.setenv("CGAR_CACHE", str(tmp_path / "user"))
     monkeypatch.delenv(STATE_CACHE_ENV, raising=False)

@@ -8,7 +8,8 @@ import torch
 from entmax import sparsemax
 
 from cgar_src._validate import indices
-from cgar_src.analysis import baselines, gate_fit as gf
+from cgar_src.analysis import baselines
+from cgar_src.analysis import gate_fit as gf
 from cgar_src.analysis.steering import folds_of
 from cgar_src.theory import classic_memories as cm
 from cgar_src.theory import dynamics, energy, memory

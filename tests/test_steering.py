@@ -1,11 +1,11 @@
 """Patching, the first-order bias, localisation measures, cross-fitted baselines and probes, on tiny random models."""
 import pytest
 import torch
+from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
 
 from cgar_src.analysis import lens, steering
-from cgar_src.lm import Patch, Unembed, hidden_states
 from cgar_src.analysis.probes import probe_correct
-from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
+from cgar_src.lm import Patch, Unembed, hidden_states
 
 
 def test_patch_identities(tiny):
@@ -25,7 +25,6 @@ def test_patch_identities(tiny):
 
 
 def test_patch_of_the_final_norm_input_is_decoding(tiny):
-    un = Unembed(tiny.model)
     v = torch.randn(len(PROMPTS), 64, generator=torch.Generator().manual_seed(1))
     h = hidden_states(tiny, PROMPTS, batch_size=3, progress=False, patch=Patch(tiny.n_layers, v))
     torch.testing.assert_close(h[:, -1], v, atol=1e-6, rtol=0)

@@ -9,8 +9,19 @@ import math
 import pytest
 import torch
 
-from cgar_src.theory import (capacity, contraction, convexity, descent, dynamics, energy, gate, multistability, phase,
-                             sampling, sweeps)
+from cgar_src.theory import (
+    capacity,
+    contraction,
+    convexity,
+    descent,
+    dynamics,
+    energy,
+    gate,
+    multistability,
+    phase,
+    sampling,
+    sweeps,
+)
 from cgar_src.theory.simulate import SweepConfig, make_bank, separation_sweep, sweep_scores
 
 D = torch.float64

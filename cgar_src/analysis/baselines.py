@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .lens import readout_rows
 from .._validate import indices
 from ..lm import Unembed
+from .lens import readout_rows
 
 __all__ = ["majority_class", "majority_correct", "label_restricted_correct", "calibrated_predictions",
            "calibrated_correct", "label_prior_vector", "VERDICTS", "additive_verdict"]

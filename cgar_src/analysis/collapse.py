@@ -17,14 +17,14 @@ prompts of the same queries:
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
+from ..lm import Unembed
 from . import baselines, lens
 from .stats import Comparison, accuracy_ci, bootstrap_ci, compare, fmt_ci
-from ..lm import Unembed
 
 __all__ = ["LensCurves", "lens_curves", "prompt_name", "last_layer_summary", "majority_summary", "last_layer_table",
            "ShotEffect", "shot_effect", "headline_values", "verdict_values", "ACCURACY_KINDS"]

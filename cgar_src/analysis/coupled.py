@@ -20,14 +20,14 @@ Everything here is in-sample (the vector and the setting are chosen on the queri
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 
+from ..lm import Unembed
 from . import baselines, lens
 from .stats import Comparison, accuracy_ci, compare, fmt_ci
-from ..lm import Unembed
 
 __all__ = ["VECTORS", "CoupledGrid", "coupled_grid", "BestSetting", "best_setting", "verdict_values"]
 

@@ -19,15 +19,16 @@ Retrieval is scored over the whole vocabulary (first-token accuracy), with each 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
+from ..lm import Unembed
 from . import baselines, lens
 from .stats import Comparison, accuracy_ci, compare, fmt_ci
-from ..lm import Unembed
 
 __all__ = ["FactStatesLike", "FactualSteering", "steer_facts", "method_order", "glue_key", "Report",
            "accuracy_table", "best_context_layers", "FactComparisons", "compare_methods", "SIGNS", "BASELINES"]

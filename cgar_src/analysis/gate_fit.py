@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..theory import dynamics
 from .._validate import as_tensor, indices, nonnegative, positive
+from ..theory import dynamics
 from ..theory.gate import alpha_crit, gate
 
 __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_probs_dense", "log_probs_gated",

@@ -29,9 +29,9 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .steering import folds_of
 from .._validate import indices, int_in_range, positive
 from ..lm import Unembed
+from .steering import folds_of
 
 __all__ = ["probe_correct", "lexical_probe_correct", "label_logits", "centred_lens_correct", "onset_layer"]
 

@@ -11,16 +11,16 @@ gets a held-out prediction and the accuracy over all queries is a held-out accur
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
-from . import lens
 from .._validate import indices, int_in_range
-from ..lm.cache import cached_states
 from ..lm import LoadedModel, Patch, Unembed
+from ..lm.cache import cached_states
+from . import lens
 
 __all__ = ["HeldOut", "FOLD_SCHEMES", "folds_of", "heldout_additive", "heldout_task_vector"]
 

@@ -5,7 +5,8 @@ Book: every chapter whose text cites numbers (``{glue:text}`name```). The values
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["glue_many"]
 

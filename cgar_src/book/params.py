@@ -26,8 +26,9 @@ import math
 import os
 import re
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 __all__ = ["RULES", "Rule", "validate_parameters", "check", "check_across", "check_machine", "check_output_folder",
            "available_devices"]

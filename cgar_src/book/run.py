@@ -136,8 +136,8 @@ def extract_stage(lm, unembed, prof: dict, dataset: str, shots: int, out: Path, 
     parameters as JSON into ``<out>/<dataset>_k<shots>/``. Returns the :class:`~cgar_src.tasks.icl.TaskStates`, the
     summary and the folder."""
     from ..analysis import lens
-    from ..tasks.icl import task_states
     from ..records import save_run
+    from ..tasks.icl import task_states
 
     ts = task_states(lm, dataset, n_queries=prof["n_queries"], shots=shots, seed=prof["seed"],
                      batch_size=prof["batch_size"], progress=progress)

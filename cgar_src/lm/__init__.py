@@ -5,10 +5,26 @@ The vocabulary is the memory bank: memory i is row i of the unembedding :math:`W
 as :math:`p = \mathrm{softmax}(W_U\,\mathrm{Norm}(h))`. The names below are the engine's public interface;
 transformers is imported only when a model is loaded.
 """
-from .model import (DEFAULT_MODEL, MAX_BATCH_TOKENS, LoadedModel, default_model_dir, load_model, resolved_revision,
-                    tolerance, user_cache_dir)
-from .states import (PATCH_MODES, Patch, batch_budget, check_context_window, context_window, hidden_states,
-                     length_batches, token_batches)
+from .model import (
+                    DEFAULT_MODEL,
+                    MAX_BATCH_TOKENS,
+                    LoadedModel,
+                    default_model_dir,
+                    load_model,
+                    resolved_revision,
+                    tolerance,
+                    user_cache_dir,
+)
+from .states import (
+                    PATCH_MODES,
+                    Patch,
+                    batch_budget,
+                    check_context_window,
+                    context_window,
+                    hidden_states,
+                    length_batches,
+                    token_batches,
+)
 from .unembed import Unembed, final_norm
 
 __all__ = ["DEFAULT_MODEL", "MAX_BATCH_TOKENS", "LoadedModel", "default_model_dir", "load_model", "resolved_revision",

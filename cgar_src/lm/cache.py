@@ -20,9 +20,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..records import atomic_path, write_json_atomic
 from .model import LoadedModel, user_cache_dir
 from .states import Patch, batch_budget, hidden_states
-from ..records import atomic_path, write_json_atomic
 
 __all__ = ["CachedStates", "cached_states", "cached_twin_states", "state_cache_dir", "CHUNK_SIZE", "CHUNK_SUFFIX",
            "STATE_CACHE_ENV"]

@@ -11,11 +11,19 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lm.cache import cached_states, cached_twin_states
 from .._validate import boolean, int_in_range, positive_int
-from .data import (TASKS, first_token_ids, icl_prompt, label_token_ids, lama_prompts, load_examples, load_facts,
-                   sample_demos)
 from ..lm import LoadedModel, check_context_window
+from ..lm.cache import cached_states, cached_twin_states
+from .data import (
+    TASKS,
+    first_token_ids,
+    icl_prompt,
+    label_token_ids,
+    lama_prompts,
+    load_examples,
+    load_facts,
+    sample_demos,
+)
 
 __all__ = ["TaskStates", "task_states", "LABEL_MODES", "CONTENT_FREE_INPUT", "FactStates", "fact_states"]
 

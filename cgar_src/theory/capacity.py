@@ -10,8 +10,8 @@ and top-1 (:math:`\arg\max_\nu x_\nu^\top s = \mu`). The **capacity** at dimensi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import torch
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from . import memory
 from .._validate import as_tensor, indices, int_in_range, nonnegative, positive_int
+from . import memory
 from .dynamics import fixed_point
 
 __all__ = [

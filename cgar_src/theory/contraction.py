@@ -10,15 +10,14 @@ Points of the simplex come from :func:`cgar_src.theory.sampling.random_simplex` 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from .._validate import positive, positive_int
-from .dynamics import (contraction_bound, feedback_term, first_order, fixed_point, phi, phi_jacobian,
-                       spectral_radius)
+from .dynamics import contraction_bound, feedback_term, first_order, fixed_point, phi, phi_jacobian, spectral_radius
 from .gate import eta
 from .sampling import CouplingInstance, random_instance, random_simplex
 

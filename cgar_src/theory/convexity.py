@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validate import as_tensor, int_in_range, positive, positive_int
+from .._validate import as_tensor, int_in_range, positive_int
 from .energy import convexity_constant, coupled_energy, hessian, tangent_hessian, zero_sum_basis
 from .gate import GATE_KINDS
 from .sampling import log_uniform, random_simplex

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import as_tensor, boolean, indices, nonnegative, positive, positive_int
-from .gate import GateKind, gate_unchecked, check_kind, eta, gate, gate_jacobian
+from .gate import GateKind, check_kind, eta, gate, gate_jacobian, gate_unchecked
 
 __all__ = [
     "gated_energy",

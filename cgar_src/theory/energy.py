@@ -22,7 +22,7 @@ import torch
 
 from .._validate import as_tensor, nonnegative, positive, positive_int
 from .dynamics import check_scores, gated_retrieval, phi, phi_jacobian
-from .gate import GateKind, gate_unchecked, check_kind
+from .gate import GateKind, check_kind, gate_unchecked
 
 __all__ = [
     "coupled_energy",

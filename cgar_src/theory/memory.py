@@ -105,7 +105,7 @@ def retrieve(xi, X, beta: float, *, tol: float = 1e-8, max_steps: int = 100,
     state = xi
     residual = torch.full(xi.shape[:-1], float("inf"), dtype=X.dtype)
     steps = 0
-    for steps in range(1, max_steps + 1):
+    for steps in range(1, max_steps + 1):  # noqa: B007 (the count of steps taken is returned after the loop)
         new = update(state, X, beta, activation=activation)
         residual = (new - state).abs().amax(-1)
         state = new

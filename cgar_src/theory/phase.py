@@ -15,16 +15,22 @@ gain 1: :math:`s_q = X^\top(x_\nu + \sigma_q z)`, :math:`s_c = K^\top(k_\mu + \s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 
 from .._validate import nonnegative, positive, positive_int
-from .dynamics import (alpha_crit_coupled, contraction_bound, fixed_point, gated_retrieval, measured_alpha_crit,
-                       measured_alpha_crit_batch)
+from .dynamics import (
+    alpha_crit_coupled,
+    contraction_bound,
+    fixed_point,
+    gated_retrieval,
+    measured_alpha_crit,
+    measured_alpha_crit_batch,
+)
 from .gate import alpha_crit, peak_gate_curve
 from .simulate import SweepConfig, make_bank
 

@@ -14,8 +14,8 @@ with the context noise :math:`\sigma_c` varied; for every trial and coupling the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import torch
 
