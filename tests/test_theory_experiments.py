@@ -7,6 +7,7 @@ ValueError naming the parameter."""
 import math
 
 import pytest
+from scipy import integrate, stats
 import torch
 
 from cgar_src.theory import (
@@ -182,9 +183,15 @@ def test_phase_draw_many_alternates_the_query_memory():
 def test_closed_form_alpha_crit_and_kink():
     errs = phase.closed_form_errors(MODEL, 5, gen(2), beta=4.0)
     assert errs.shape == (5,) and (errs < 1e-6).all()
-    _, s_c = MODEL.draw(gen(3))
-    left, right = phase.kink_slopes(s_c)
+    s_q, s_c = MODEL.draw(gen(3))
+    left, right = phase.kink_slopes(s_q, s_c, 4.0)    # finite differences of the fixed-point solver's peak gate
     assert abs(left) < 1e-4 and abs(right + 1 / (2 * gate.alpha_crit(s_c).item())) < 1e-4
+    # the check can fail: a step that straddles the kink (h large) bends the right slope away from -1/(2 alpha_crit)
+    a = gate.alpha_crit(s_c).item()
+    _, right_coarse = phase.kink_slopes(s_q, s_c, 4.0, h=0.5 * a)
+    assert abs(right_coarse + 1 / (2 * a)) > 1e-2
+    with pytest.raises(ValueError, match="h"):
+        phase.kink_slopes(s_q, s_c, 4.0, h=2 * a)
 
 
 def test_coupled_thresholds_match_bisection_and_vanish_without_feedback():
@@ -200,7 +207,13 @@ def test_coupled_thresholds_match_bisection_and_vanish_without_feedback():
 
 def test_top_gap_exact_mean_known_limit_and_sampling():
     # N = 2: D = |Z1 - Z2| with Z1 - Z2 ~ N(0, 2), so E D = 2 / sqrt(pi)
-    assert abs(phase.top_gap_mean_exact(2) - 2 / math.sqrt(math.pi)) < 1e-8
+    assert abs(phase.top_gap_mean_exact(2) - 2 / math.sqrt(math.pi)) < 1e-12
+    # N = 3: E u(1) = 3/(2 sqrt(pi)) and E u(2) = 0 by symmetry
+    assert abs(phase.top_gap_mean_exact(3) - 1.5 / math.sqrt(math.pi)) < 1e-12
+    # N = 4: E u(1) = (6/sqrt(pi))(1/2 + arcsin(1/3)/pi); the recurrence E u(2:4) + 3 E u(1:4) = 4 E u(1:3) gives
+    # the gap 4 E u(1:4) - 6/sqrt(pi)
+    top4 = 6 / math.sqrt(math.pi) * (0.5 + math.asin(1 / 3) / math.pi) / 2
+    assert abs(phase.top_gap_mean_exact(4) - (4 * top4 - 6 / math.sqrt(math.pi))) < 1e-12
     scales = [phase.top_gap_evt_scale(n) for n in (10, 1000, 10**6)]
     assert scales[0] > scales[1] > scales[2] and 1.0 < scales[2] * math.sqrt(2 * math.log(10**6)) < 1.15
     rows = phase.gaussian_top_gaps([10, 100], 2000, gen(7))
@@ -211,6 +224,31 @@ def test_top_gap_exact_mean_known_limit_and_sampling():
     assert odd[0]["mean"] == manual.mean().item()
     with pytest.raises(ValueError, match="ns"):
         phase.gaussian_top_gaps([1], 10, gen())
+
+
+def _order_stat_mean(r: int, n: int) -> float:
+    """E of the r-th largest of n standard Gaussians from its density n!/((r-1)!(n-r)!) F^(n-r) (1-F)^(r-1) f."""
+    c = math.lgamma(n + 1) - math.lgamma(r) - math.lgamma(n - r + 1)
+
+    def f(x: float) -> float:
+        return x * math.exp(c + (n - r) * stats.norm.logcdf(x) + (r - 1) * stats.norm.logsf(x) + stats.norm.logpdf(x))
+
+    return sum(integrate.quad(f, lo, hi, epsabs=1e-14, epsrel=1e-12, limit=200)[0]
+               for lo, hi in [(-40, -5), (-5, 0), (0, 5), (5, 40)])
+
+
+@pytest.mark.parametrize("n", [5, 10, 100, 1000, 10_000])
+def test_top_gap_exact_mean_equals_difference_of_order_statistic_means(n):
+    assert abs(phase.top_gap_mean_exact(n) - (_order_stat_mean(1, n) - _order_stat_mean(2, n))) < 1e-9
+
+
+def test_top_gap_exact_mean_against_a_large_monte_carlo_sample():
+    g = gen(11)
+    for n, n_samples in [(10, 400_000), (1000, 40_000)]:
+        gaps = torch.cat([gate.alpha_crit(torch.randn(20_000, n, generator=g, dtype=D))
+                          for _ in range(n_samples // 20_000)])
+        sem = gaps.std().item() / math.sqrt(len(gaps))
+        assert abs(gaps.mean().item() - phase.top_gap_mean_exact(n)) < 3 * sem and sem < 2e-3
 
 
 def test_feedback_shifts_match_the_derived_threshold_and_are_positive_when_query_agrees():

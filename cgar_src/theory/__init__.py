@@ -3,5 +3,5 @@
 The core: ``memory`` (modern Hopfield network), ``gate`` (the context gate), ``dynamics`` (gated retrieval, the
 self-consistent fixed point, separation), ``energy`` (the coupled system's energy), ``simulate`` (random banks and
 the Figure 2 sweep), ``classic_memories`` (the related associative memories), ``plotting`` (Figure 1). The chapters'
-experiments, one module per idea: ``capacity`` (01b), ``sweeps`` (03), ``phase`` (04), ``contraction`` (05),
+experiments, one module per idea: ``capacity`` (01b), ``lipschitz`` (02), ``sweeps`` (03), ``phase`` (04), ``contraction`` (05),
 ``multistability`` (05, 05b), ``convexity`` and ``descent`` (05b), and ``sampling`` (random instances for 05, 05b)."""

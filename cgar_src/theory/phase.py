@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import integrate, stats
 
 from .._validate import nonnegative, positive, positive_int
 from .dynamics import (
@@ -90,13 +90,17 @@ def closed_form_errors(model: PhaseModel, n_instances: int, gen: torch.Generator
     return torch.tensor(errs, dtype=torch.float64)
 
 
-def kink_slopes(s_c: torch.Tensor, h: float = 1e-6) -> tuple[float, float]:
-    r"""One-sided difference slopes of the closed-form peak gate at :math:`\alpha_{crit}` (step ``h``): the theorem
-    says left 0 and right :math:`-1/(2\alpha_{crit})`."""
+def kink_slopes(s_q: torch.Tensor, s_c: torch.Tensor, beta: float, h: float = 1e-6) -> tuple[float, float]:
+    r"""One-sided finite-difference slopes at :math:`\alpha_{crit} = u_{(1)} - u_{(2)}` (step ``h``) of the peak gate
+    :math:`\max_i g_i` returned by the fixed-point solver (:func:`cgar_src.theory.dynamics.fixed_point`, sparsemax gate,
+    :math:`\lambda = 0`, solved to 1e-14). Theorem ``thm-phase`` (chapter ``04_phase_transition``) says left 0 and right
+    :math:`-1/(2\alpha_{crit})`; the slopes come from the solver, not from the closed form, so they test it."""
     h = positive(h, "h")
     a = alpha_crit(s_c).item()
-    peaks, _ = peak_gate_curve(s_c, torch.tensor([a - h, a, a + h], dtype=torch.float64))
-    return ((peaks[1] - peaks[0]) / h).item(), ((peaks[2] - peaks[1]) / h).item()
+    if not h < a:
+        raise ValueError(f"h must be < alpha_crit = {a}, got {h}")
+    peaks = [fixed_point(s_q, s_c, x, beta, 0.0, tol=1e-14, max_iter=10_000).g.max().item() for x in (a - h, a, a + h)]
+    return (peaks[1] - peaks[0]) / h, (peaks[2] - peaks[1]) / h
 
 
 def fixed_point_peak_curves(s_q: torch.Tensor, s_c: torch.Tensor, alphas: torch.Tensor, beta: float,
@@ -135,13 +139,20 @@ def coupled_thresholds(s_q: torch.Tensor, s_c: torch.Tensor, beta: float,
 
 
 def top_gap_mean_exact(n: int) -> float:
-    r""":math:`\mathbb E\,D_N = N\int\Phi(x)^{N-1}(1-\Phi(x))\,dx` for N independent standard Gaussian scores
-    (equation ``gap-mean``), by the trapezoidal rule on [-9, 9] in log space (36001 points)."""
+    r""":math:`\mathbb E\,D_N = N\int\Phi(x)^{N-1}(1-\Phi(x))\,dx` for the gap :math:`D_N = u_{(1)} - u_{(2)}` of N
+    independent standard Gaussian scores (equation ``gap-mean``, chapter ``04_phase_transition``), by adaptive
+    quadrature (``scipy.integrate.quad``) of the integrand in log space, split at :math:`b_N = \Phi^{-1}(1 - 1/N)`
+    where its mass sits. Closed values: :math:`2/\sqrt\pi` for N = 2, :math:`3/(2\sqrt\pi)` for N = 3."""
     n = positive_int(n, "n")
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
-    x = np.linspace(-9, 9, 36001)
-    return float(np.trapezoid(n * np.exp((n - 1) * stats.norm.logcdf(x) + stats.norm.logsf(x)), x))
+
+    def integrand(x: float) -> float:
+        return n * math.exp((n - 1) * stats.norm.logcdf(x) + stats.norm.logsf(x))
+
+    b = float(stats.norm.isf(1 / n))
+    pieces = [(-40.0, b - 2.0), (b - 2.0, b + 2.0), (b + 2.0, 40.0)]
+    return float(sum(integrate.quad(integrand, lo, hi, epsabs=1e-14, epsrel=1e-12, limit=200)[0] for lo, hi in pieces))
 
 
 def top_gap_evt_scale(n: int) -> float:
