@@ -7,8 +7,8 @@ ValueError naming the parameter."""
 import math
 
 import pytest
-from scipy import integrate, stats
 import torch
+from scipy import integrate, stats
 
 from cgar_src.theory import (
     capacity,

@@ -18,7 +18,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from scipy import integrate, stats
 
@@ -31,7 +30,7 @@ from .dynamics import (
     measured_alpha_crit,
     measured_alpha_crit_batch,
 )
-from .gate import alpha_crit, peak_gate_curve
+from .gate import alpha_crit
 from .simulate import SweepConfig, make_bank
 
 __all__ = ["PhaseModel", "closed_form_errors", "kink_slopes", "fixed_point_peak_curves", "CoupledThreshold",
