@@ -7,6 +7,7 @@ from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 from cgar_src.analysis import separability as sep
 from cgar_src.analysis.baselines import calibrated_correct
 from cgar_src.analysis.probes import label_logits
+from cgar_src.analysis.stats import fmt_list
 from cgar_src.lm import Unembed
 
 P, LAYERS, THIRD, LAST = 100, 7, 2, 6
@@ -43,7 +44,7 @@ def constructed() -> sep.Separability:
 def test_names_and_lists():
     assert sep.setting_name("sst2", 0) == "SST-2 zero-shot" and sep.setting_name("trec", 4) == "TREC 4-shot"
     assert sep.setting_name("other", 1) == "other 1-shot"
-    assert sep.fmt_list([]) == "none" and sep.fmt_list(["a", "b"]) == "a, b"
+    assert fmt_list([]) == "none" and fmt_list(["a", "b"]) == "a, b"
 
 
 def test_constant_answer_is_one_labels_base_rate():

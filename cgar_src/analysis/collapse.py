@@ -24,7 +24,7 @@ import torch
 
 from ..lm import Unembed
 from . import baselines, lens
-from .stats import Comparison, accuracy_ci, bootstrap_ci, compare, fmt_ci
+from .stats import Comparison, accuracy_ci, bootstrap_ci, compare, fmt_ci, fmt_list
 
 __all__ = ["LensCurves", "lens_curves", "prompt_name", "last_layer_summary", "majority_summary", "last_layer_table",
            "ShotEffect", "shot_effect", "headline_values", "verdict_values", "ACCURACY_KINDS"]
@@ -239,10 +239,6 @@ def shot_effect(curves: Mapping[int | str, LensCurves], labels: torch.Tensor, *,
                       kmax_mass=float(kk.label_mass[:, -1].mean()))
 
 
-def _names(xs: list[str]) -> str:
-    return ", ".join(xs) if xs else "none"
-
-
 def verdict_values(verdicts: Mapping[str, Mapping[str, bool]]) -> dict[str, str]:
     """The chapter's verdicts across datasets (``verdicts[dataset]`` from :meth:`ShotEffect.verdict`), as the text
     cites them, by glue name without the ``collapse_`` prefix: where the collapse onto the label set is supported or
@@ -250,8 +246,8 @@ def verdict_values(verdicts: Mapping[str, Mapping[str, bool]]) -> dict[str, str]
     holds on ("none" when on none)."""
     onto = [ds for ds, v in verdicts.items() if v["onto_label_set"]]
     toward = [ds for ds, v in verdicts.items() if v["collapse"] and not v["onto_label_set"]]
-    parts = ([f"supported on {_names(onto)}"] if onto else []) + (
-        [f"only partly on {_names(toward)} (real, but the label set keeps less than half the mass)"] if toward else [])
+    parts = ([f"supported on {fmt_list(onto)}"] if onto else []) + (
+        [f"only partly on {fmt_list(toward)} (real, but the label set keeps less than half the mass)"] if toward else [])
     return {"verdict": "; ".join(parts) or "not reproduced on this model",
-            **{name: _names([ds for ds, v in verdicts.items() if v[name]])
+            **{name: fmt_list([ds for ds, v in verdicts.items() if v[name]])
                for name in ("format_only", "beats_restricted", "beats_majority", "more_shots_worse")}}

@@ -27,7 +27,7 @@ import torch
 
 from ..lm import Unembed
 from . import baselines, lens
-from .stats import Comparison, accuracy_ci, compare, fmt_ci
+from .stats import Comparison, accuracy_ci, compare, fmt_ci, fmt_list
 
 __all__ = ["VECTORS", "CoupledGrid", "coupled_grid", "BestSetting", "best_setting", "verdict_values"]
 
@@ -201,10 +201,6 @@ def best_setting(grid: CoupledGrid, *, context_layers: Sequence[int], lambdas: S
                        rows=rows, paired=paired)
 
 
-def _names(xs: list[str]) -> str:
-    return ", ".join(xs) if xs else "none"
-
-
 def verdict_values(settings: Mapping[tuple[str, int], BestSetting]) -> dict[str, str]:
     """The chapter's verdicts over ``settings[dataset, k]``, by glue name without the ``coupled_`` prefix: where
     :math:`\\bar c` at its best is really better (or worse) than each reference, where it concentrates more than half
@@ -212,7 +208,7 @@ def verdict_values(settings: Mapping[tuple[str, int], BestSetting]) -> dict[str,
     dataset and shot count (``verdict``, grouped by verdict in the order of
     :data:`cgar_src.analysis.baselines.VERDICTS`)."""
     def where(test: str, sign: int = 1) -> str:
-        return _names([f"{ds} ({k}-shot)" for (ds, k), s in settings.items()
+        return fmt_list([f"{ds} ({k}-shot)" for (ds, k), s in settings.items()
                        if (s.paired[test].better if sign > 0 else s.paired[test].worse)])
 
     verdict = {f"{ds} k={k}": verdict_of(s) for (ds, k), s in settings.items()}
@@ -221,7 +217,7 @@ def verdict_values(settings: Mapping[tuple[str, int], BestSetting]) -> dict[str,
     return {"beats_prompting": where("vs_prompting"), "loses_prompting": where("vs_prompting", -1),
             "beats_restricted": where("vs_restricted"), "beats_prior": where("vs_label_prior"),
             "beats_majority": where("vs_majority"),
-            "concentrates": _names([f"{ds} ({k}-shot)" for (ds, k), s in settings.items() if s.grid.concentrates()]),
+            "concentrates": fmt_list([f"{ds} ({k}-shot)" for (ds, k), s in settings.items() if s.grid.concentrates()]),
             "verdict": text}
 
 

@@ -26,7 +26,7 @@ import torch
 
 from ..lm import LoadedModel, Unembed
 from . import baselines, lens, steering
-from .stats import Comparison, compare
+from .stats import Comparison, compare, fmt_list
 
 __all__ = ["TaskStatesLike", "ADDITIVE", "against", "baseline_rows", "RefereeVerdicts", "paired_verdicts",
            "PARTS", "Localisation", "localisation", "localisation_text", "localisation_glue"]
@@ -107,10 +107,6 @@ def baseline_rows(lm: LoadedModel, unembed: Unembed, ts: TaskStatesLike, random_
     return rows, choices
 
 
-def _fmt_list(xs: list[str]) -> str:
-    return ", ".join(xs) if xs else "none"
-
-
 @dataclass
 class RefereeVerdicts:
     """The additive vector against every alternative (``paired[ds, key]``), the strongest simple baseline per
@@ -150,7 +146,7 @@ class RefereeVerdicts:
         """The values the chapter's text cites (names without the chapter's prefix)."""
         out = {f"{ds}_vs_{key}": str(self.paired[ds, key]) for ds in self.datasets for key in self.names}
         for key in self.names:
-            out |= {f"wins_{key}": _fmt_list(self.wins(key, 1)), f"losses_{key}": _fmt_list(self.wins(key, -1))}
+            out |= {f"wins_{key}": fmt_list(self.wins(key, 1)), f"losses_{key}": fmt_list(self.wins(key, -1))}
         for ds in self.datasets:
             c = self.simple(ds)
             out |= {f"{ds}_best_simple": self.best_simple[ds], f"{ds}_vs_best_simple": str(c),

@@ -28,10 +28,10 @@ from ..lm import Unembed
 from .baselines import calibrated_correct
 from .onset import Onsets, onset_text, readout_onsets
 from .probes import centred_lens_correct, label_logits, probe_correct
-from .stats import Comparison, accuracy_ci, compare, fmt_ci
+from .stats import Comparison, accuracy_ci, compare, fmt_ci, fmt_list
 
 __all__ = ["READOUTS", "SHORT", "COMPARISONS", "NAMES", "Readouts", "ConstantAnswer", "layer_readouts",
-           "setting_name", "fmt_list", "paired_tests", "accuracy_table", "constant_answer_table", "Setting",
+           "setting_name", "paired_tests", "accuracy_table", "constant_answer_table", "Setting",
            "Separability", "assess"]
 
 READOUTS = ("probe", "raw lens", "centred lens", "calibrated lens")
@@ -101,11 +101,6 @@ def layer_readouts(unembed: Unembed, states: torch.Tensor, cf_states: torch.Tens
 def setting_name(dataset: str, shots: int) -> str:
     """``"SST-2 zero-shot"``, ``"TREC 1-shot"``: a setting as the text names it."""
     return f"{NAMES.get(dataset, dataset)} {'zero-shot' if shots == 0 else f'{shots}-shot'}"
-
-
-def fmt_list(items: list[str]) -> str:
-    """Items joined by commas, or ``"none"``."""
-    return ", ".join(items) if items else "none"
 
 
 def paired_tests(correct: Mapping[str, torch.Tensor], lexical: torch.Tensor, majority: torch.Tensor, layer: int, *,

@@ -19,7 +19,7 @@ from scipy.stats import binomtest
 
 from .._validate import confidence_level, positive_int
 
-__all__ = ["wilson", "accuracy_ci", "Comparison", "compare", "bootstrap_ci", "fmt_ci"]
+__all__ = ["wilson", "accuracy_ci", "Comparison", "compare", "bootstrap_ci", "fmt_ci", "fmt_list"]
 
 
 def _binary(x, name: str) -> np.ndarray:
@@ -46,6 +46,11 @@ def accuracy_ci(correct, level: float = 0.95) -> tuple[float, float, float]:
     """Accuracy of a 0/1 vector (one entry per query) with its Wilson interval: (mean, low, high)."""
     a = _binary(correct, "correct")
     return wilson(int(a.sum()), a.size, level)
+
+
+def fmt_list(items: list[str]) -> str:
+    """Items joined by commas, or ``"none"`` (how the chapters' verdicts name the settings a claim holds in)."""
+    return ", ".join(items) if items else "none"
 
 
 def fmt_ci(ci: tuple[float, float, float], digits: int = 3) -> str:
