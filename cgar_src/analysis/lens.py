@@ -7,7 +7,9 @@ mass on the label tokens and the label logits.
 """
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,7 +19,7 @@ from .._validate import indices, scalar
 from ..lm import Unembed
 
 __all__ = ["DecodeStats", "decode_stats", "context_vector", "CONTEXT_VARIANTS", "additive_retrieval", "rms_form", "logit_bias",
-           "retrieved_pattern", "readout_basis", "readout_rows", "span_fraction", "norm_matched_random", "leave_one_out_mean"]
+           "retrieved_pattern", "readout_basis", "readout_rows", "span_fraction", "norm_matched_random", "leave_one_out_mean", "FirstOrderCheck", "first_order_check"]
 
 CONTEXT_VARIANTS = ("difference", "icl_mean", "random_label")
 
@@ -282,8 +284,6 @@ def span_fraction(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 # --- chapter 06: validity of the first-order (additive) approximation, computed in float64 ---------------------
 
-__all__ += ["FirstOrderCheck", "first_order_check"]
-
 
 @dataclass
 class FirstOrderCheck:
@@ -458,9 +458,6 @@ def _first_order_generic(unembed: Unembed, W: torch.Tensor, bias: torch.Tensor |
                          c: torch.Tensor, lam: torch.Tensor, vocab_chunk: int):
     """:func:`first_order_check` for any final norm: a float64 copy of the norm; the differences are taken between
     float64 state vectors, then mapped through W_U in float64."""
-    import copy
-    import warnings
-
     norm = copy.deepcopy(unembed.final_norm).to(h.device, torch.float64)
     x = torch.randn(2, h.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(h.device)
     if torch.equal(norm(x), norm(x.float().double())):
