@@ -55,8 +55,8 @@ def test_softmax_pair_approaches_one_over_two_alpha(alpha, n):
     # closed form with the other logits at -infinity: tanh(t/alpha)/(2t), t = 1e-3 alpha
     t = 1e-3 * alpha
     assert ratio == pytest.approx(math.tanh(t / alpha) / (2 * t), rel=1e-9)
-    # far below the 1/eta = 1/alpha that gate.eta gives for the entropic gate
-    assert ratio < 0.51 / gate.eta(alpha, "softmax")
+    # the book's eta = 2 alpha for the entropic gate: 1/eta is the tight constant, approached from below
+    assert bound == 1 / gate.eta(alpha, "softmax") and ratio < 1 / gate.eta(alpha, "softmax")
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)

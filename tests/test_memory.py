@@ -124,3 +124,48 @@ def test_bad_shapes_and_values():
         memory.retrieve(torch.zeros(3), X, 1.0, tol=0)
     with pytest.raises(ValueError, match="max_steps"):
         memory.retrieve(torch.zeros(3), X, 1.0, max_steps=0)
+
+
+def _separated(r=4.0, d=32, n=12, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(d, n, generator=g, dtype=torch.float64)
+    return r * U / U.norm(dim=0), g
+
+
+def test_theorem4_mean_jacobian_and_bound():
+    X, g = _separated()
+    target = torch.arange(X.shape[1])
+    x_star = memory.pattern_fixed_point(X, target, 1.0)
+    torch.testing.assert_close(memory.update(x_star, X, 1.0), x_star, atol=1e-12, rtol=0)
+    xi = X.T + 0.3 * torch.randn(X.shape[1], X.shape[0], generator=g, dtype=torch.float64)
+    Jm = memory.mean_jacobian(xi, x_star, X, 1.0)
+    torch.testing.assert_close(memory.update(xi, X, 1.0) - x_star, (Jm @ (xi - x_star).unsqueeze(-1)).squeeze(-1),
+                               atol=1e-10, rtol=0)
+    assert (torch.linalg.matrix_norm(Jm, 2) <= memory.ramsauer_jacobian_bound(X, xi, target, x_star, 1.0)).all()
+    # the Jacobian is the autograd one
+    q = xi[0].clone().requires_grad_(True)
+    J_auto = torch.autograd.functional.jacobian(lambda v: memory.update(v, X, 1.0), q)
+    torch.testing.assert_close(memory.update_jacobian(xi[0], X, 1.0), J_auto)
+
+
+def test_theorem5_as_stated_and_the_book_variant_is_tighter():
+    X, g = _separated()
+    target = torch.arange(X.shape[1])
+    x_star = memory.pattern_fixed_point(X, target, 1.0)
+    M = X.norm(dim=0).max()
+    noise = torch.randn(X.shape[1], X.shape[0], generator=g, dtype=torch.float64)
+    xi = X.T + noise / noise.norm(dim=-1, keepdim=True) / (4 * M)
+    first, fixed = memory.ramsauer_theorem5_bounds(X, xi, target, x_star, 1.0)
+    assert ((memory.update(xi, X, 1.0) - X.T).norm(dim=-1) <= first).all()
+    assert (memory.ramsauer_error_bound(X, xi, target, 1.0) <= first * (1 + 1e-12)).all()
+    assert ((x_star - X.T).norm(dim=-1) <= 1 / (2 * M)).all()
+    assert ((x_star - X.T).norm(dim=-1) <= fixed).all()
+
+
+def test_fixed_point_helpers_validate():
+    with pytest.raises(ValueError, match="target"):
+        memory.pattern_fixed_point(torch.eye(3, dtype=torch.float64), 7, 1.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        memory.pattern_fixed_point(torch.eye(3, dtype=torch.float64), 0, 1.0, max_steps=1, tol=1e-300)
+    with pytest.raises(ValueError, match="n_nodes"):
+        memory.mean_jacobian(torch.zeros(3), torch.zeros(3), torch.eye(3), 1.0, n_nodes=0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import as_tensor, boolean, indices, nonnegative, positive, positive_int
-from .gate import GateKind, check_kind, eta, gate, gate_jacobian, gate_unchecked
+from .gate import GateKind, check_kind, eta, gate, gate_jacobian_at, gate_unchecked
 
 __all__ = [
     "gated_energy",
@@ -29,6 +29,8 @@ __all__ = [
     "support_screen",
     "contraction_bound",
     "phi_jacobian",
+    "phi_unchecked",
+    "phi_jacobian_unchecked",
     "spectral_radius",
     "first_order",
     "feedback_term",
@@ -91,7 +93,10 @@ def _phi(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: str) -> tuple
 
 
 def contraction_bound(alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> float:
-    r"""Global Lipschitz bound :math:`L = \beta\lambda^2 / (2\eta(\alpha))` of :math:`\Phi` (Theorem 3.4)."""
+    r"""Global Lipschitz bound :math:`L = \beta\lambda^2 / (2\eta(\alpha))` of :math:`\Phi` (Theorem 3.4), with
+    :math:`\eta = \alpha` (sparsemax: :math:`\beta\lambda^2/(2\alpha)`) or :math:`2\alpha` (entropic:
+    :math:`\beta\lambda^2/(4\alpha)`), :func:`cgar_src.theory.gate.eta`. Sharp: two tied memories attain it and
+    have three fixed points once it exceeds 1 (Theorem ``thm-sharpness``, chapter ``05_fixed_point``)."""
     beta, lam = positive(beta, "beta"), nonnegative(lam, "lam")
     return beta * lam**2 / (2 * eta(alpha, kind))
 
@@ -255,10 +260,29 @@ def _support_screen(s_c: torch.Tensor, alpha: float, lam: float) -> torch.Tensor
 
 def phi_jacobian(p, s_q, s_c, alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r"""Jacobian of :math:`\Phi` at p: :math:`\beta\lambda^2\,(\mathrm{diag}\,q - qq^\top)\,J_G(s_c + \lambda p)` with
-    :math:`q = \Phi(p)`; shape ``(..., N, N)``. Its norm is at most the contraction bound."""
-    q = phi(p, s_q, s_c, alpha, beta, lam, kind)
+    :math:`q = \Phi(p)`; shape ``(..., N, N)``. Its norm is at most the contraction bound. A product of two symmetric
+    PSD matrices, so its eigenvalues are real and non-negative (Lemma ``lem-real-spectrum``, chapter
+    ``05_fixed_point``)."""
+    alpha, beta, lam = positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam")
+    s_q, s_c = check_scores(s_q, s_c)
+    p = as_tensor(p, "p", dtype=s_q.dtype)
+    return phi_jacobian_unchecked(p, s_q, s_c, alpha, beta, lam, check_kind(kind))[1]
+
+
+def phi_unchecked(p: torch.Tensor, s_q: torch.Tensor, s_c: torch.Tensor, alpha, beta, lam, kind: str) -> torch.Tensor:
+    """:func:`phi` without input validation, for inner loops whose inputs were validated once (alpha, beta, lam may
+    be tensors that broadcast against the scores, one value per row)."""
+    g = gate_unchecked(s_c + lam * p, alpha, kind)
+    return torch.softmax(beta * (s_q + lam * g), dim=-1)
+
+
+def phi_jacobian_unchecked(p: torch.Tensor, s_q: torch.Tensor, s_c: torch.Tensor, alpha: float, beta: float,
+                           lam: float, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`\Phi(p)` and :func:`phi_jacobian` without input validation (scalar alpha, beta, lam)."""
+    g = gate_unchecked(s_c + lam * p, alpha, kind)
+    q = torch.softmax(beta * (s_q + lam * g), dim=-1)
     S = torch.diag_embed(q) - q.unsqueeze(-1) * q.unsqueeze(-2)
-    return beta * lam**2 * S @ gate_jacobian(s_c + lam * p, alpha, kind)
+    return q, beta * lam**2 * S @ gate_jacobian_at(g, alpha, kind)
 
 
 def spectral_radius(J: torch.Tensor) -> torch.Tensor:

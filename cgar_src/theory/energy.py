@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import as_tensor, nonnegative, positive, positive_int
-from .dynamics import check_scores, gated_retrieval, phi, phi_jacobian
+from .dynamics import check_scores, gated_retrieval, phi_unchecked
 from .gate import GateKind, check_kind, gate_unchecked
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "StationaryPoint",
     "classify",
     "newton_fixed_points",
+    "newton_fixed_points_batch",
     "distinct",
     "hamux_flow",
 ]
@@ -166,8 +167,10 @@ def convexity_constant(p) -> torch.Tensor:
 
 
 def convexity_threshold(alpha: float, beta: float, lam: float, kind: GateKind = "sparsemax") -> float:
-    r"""The quantity whose being < 1 makes F jointly strictly convex: :math:`\beta\lambda^2/(2\alpha)` for the
-    sparsemax gate (Theorem 3.4's contraction bound), :math:`\beta\lambda^2/(4\alpha)` for the entropic gate."""
+    r"""The quantity whose being < 1 makes F jointly strictly convex (Theorem ``thm-joint-convexity``):
+    :math:`\beta\lambda^2/(2\alpha)` for the sparsemax gate, :math:`\beta\lambda^2/(4\alpha)` for the entropic gate,
+    derived here from the Hessian. Both equal Theorem 3.4's contraction bound :math:`\beta\lambda^2/(2\eta(\alpha))`
+    with the book's :math:`\eta` (:func:`cgar_src.theory.dynamics.contraction_bound`)."""
     alpha, beta, lam, kind = _params(alpha, beta, lam, kind)
     return beta * lam**2 / ((2 if kind == "sparsemax" else 4) * alpha)
 
@@ -287,13 +290,48 @@ def newton_fixed_points(s_q, s_c, starts, alpha: float, beta: float, lam: float,
     p = _simplex(starts, "starts", torch.float64)
     if p.ndim != 2 or p.shape[-1] != s_q.shape[0]:
         raise ValueError(f"starts must have shape (S, {s_q.shape[0]}), got {tuple(p.shape)}")
-    p = p.clone()
+    rows = p.shape[0]
+    params = [torch.full((rows, 1), x, dtype=torch.float64) for x in (alpha, beta, lam)]
+    return _newton_rows(p.clone(), s_q.expand(rows, -1), s_c.expand(rows, -1), *params, kind, tol, max_iter)
+
+
+def newton_fixed_points_batch(s_q, s_c, starts, alpha, beta, lam, *, kind: GateKind = "sparsemax", tol: float = 1e-12,
+                              max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":func:`newton_fixed_points` for many instances at once: row r of ``starts`` (shape ``(R, N)``) is solved with
+    the scores ``s_q[r]``, ``s_c[r]`` (shape ``(R, N)``) and the parameters ``alpha[r]``, ``beta[r]``, ``lam[r]``
+    (shape ``(R,)``). Used by the fixed-point census of chapter ``05_fixed_point``
+    (:func:`cgar_src.theory.sharpness.fixed_point_census`). Returns ``(p, residual)``, shapes ``(R, N)`` and ``(R,)``."""
+    kind = check_kind(kind)
+    tol, max_iter = positive(tol, "tol"), positive_int(max_iter, "max_iter")
+    p = _simplex(starts, "starts", torch.float64)
+    if p.ndim != 2:
+        raise ValueError(f"starts must have shape (R, N), got {tuple(p.shape)}")
+    rows, n = p.shape
+    s_q = as_tensor(s_q, "s_q", ndim=2, dtype=torch.float64)
+    s_c = as_tensor(s_c, "s_c", ndim=2, dtype=torch.float64)
+    if s_q.shape != p.shape or s_c.shape != p.shape:
+        raise ValueError(f"s_q and s_c must have the shape of starts {tuple(p.shape)}, got {tuple(s_q.shape)}, "
+                         f"{tuple(s_c.shape)}")
+    params = []
+    for name, x, strict in (("alpha", alpha, True), ("beta", beta, True), ("lam", lam, False)):
+        t = as_tensor(x, name, ndim=1, dtype=torch.float64)
+        if t.shape != (rows,) or (t <= 0 if strict else t < 0).any():
+            raise ValueError(f"{name} must have shape ({rows},) with entries {'> 0' if strict else '>= 0'}, "
+                             f"got shape {tuple(t.shape)}")
+        params.append(t[:, None])
+    return _newton_rows(p.clone(), s_q, s_c, *params, kind, tol, max_iter)
+
+
+def _newton_rows(p: torch.Tensor, s_q: torch.Tensor, s_c: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                 lam: torch.Tensor, kind: str, tol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Newton's method of :func:`newton_fixed_points` on validated rows: every tensor has one row per start
+    (parameters of shape ``(R, 1)``). Rows stop when converged, or when no backtracking step lowers the residual."""
     eye = torch.eye(p.shape[-1], dtype=p.dtype)
 
-    def resid(x):
-        return x - phi(x, s_q, s_c, alpha, beta, lam, kind)
+    def resid(x, rows):
+        return x - phi_unchecked(x, s_q[rows], s_c[rows], alpha[rows], beta[rows], lam[rows], kind)
 
-    r = resid(p)
+    r = resid(p, slice(None))
     active = torch.arange(p.shape[0])
     for _ in range(max_iter):
         norm = r[active].abs().amax(-1)
@@ -301,17 +339,30 @@ def newton_fixed_points(s_q, s_c, starts, alpha: float, beta: float, lam: float,
         if active.numel() == 0:
             break
         pa, ra, norm = p[active], r[active], r[active].abs().amax(-1)
-        J = phi_jacobian(pa, s_q, s_c, alpha, beta, lam, kind)
-        step = torch.linalg.lstsq(eye - J, ra.unsqueeze(-1)).solution.squeeze(-1)
+        a, b, lm = alpha[active], beta[active], lam[active]
+        g = gate_unchecked(s_c[active] + lm * pa, a, kind)
+        q = torch.softmax(b * (s_q[active] + lm * g), dim=-1)
+        # J = beta lam^2 S J_G with S = diag(q) - q q^T and J_G = (diag(w) - w v^T)/alpha (sparsemax: w = support
+        # indicator, v = w/|supp|; entropic: w = v = g), formed in O(N^2) per row: S J_G = S diag(w) - (S w) v^T
+        w = (g > 0).to(g.dtype) if kind == "sparsemax" else g
+        v = w / w.sum(-1, keepdim=True) if kind == "sparsemax" else g
+        Sw = q * w - q * (q * w).sum(-1, keepdim=True)
+        S = torch.diag_embed(q) - q.unsqueeze(-1) * q.unsqueeze(-2)
+        J = (b * lm**2 / a).unsqueeze(-1) * (S * w.unsqueeze(-2) - Sw.unsqueeze(-1) * v.unsqueeze(-2))
+        A = eye - J
+        step, info = torch.linalg.solve_ex(A, ra)
+        bad = info != 0  # singular I - J (a degenerate point): least squares instead
+        if bool(bad.any()):
+            step[bad] = torch.linalg.lstsq(A[bad], ra[bad].unsqueeze(-1)).solution.squeeze(-1)
         t = torch.ones(active.numel(), dtype=p.dtype)
         improved = torch.zeros(active.numel(), dtype=torch.bool)
         for _ in range(12):  # backtracking: halve t until the residual drops
-            todo = ~improved
+            todo = torch.nonzero(~improved).flatten()
             cand = (pa[todo] - t[todo, None] * step[todo]).clamp_min(1e-300)
             cand = cand / cand.sum(-1, keepdim=True)
-            rc = resid(cand)
+            rc = resid(cand, active[todo])
             better = rc.abs().amax(-1) < norm[todo]
-            rows = torch.nonzero(todo).flatten()[better]
+            rows = todo[better]
             pa[rows], ra[rows] = cand[better], rc[better]
             improved[rows] = True
             if bool(improved.all()):

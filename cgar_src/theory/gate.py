@@ -4,12 +4,16 @@ The gate is a penalised choice over the N memories,
 
 .. math:: G_\alpha(u) = \arg\max_{g \in \Delta^{N-1}} \langle g, u\rangle - \Omega_\alpha(g),
 
-with :math:`\Omega_\alpha` :math:`\eta(\alpha)`-strongly convex, so :math:`G_\alpha` is :math:`1/\eta(\alpha)`-Lipschitz.
+with :math:`\Omega_\alpha` :math:`\eta(\alpha)`-strongly convex in the l2 norm on the simplex, so :math:`G_\alpha` is
+:math:`1/\eta(\alpha)`-Lipschitz in l2 (Lemma ``lem-gate-lipschitz``). The book's one convention (chapter
+``02_two_stage``): :math:`\eta(\alpha)` is the constant that makes this Lipschitz bound tight.
 
 * ``"sparsemax"`` (default): :math:`\Omega_\alpha = \tfrac{\alpha}{2}\|g\|^2`, :math:`G_\alpha(u) = \mathrm{sparsemax}(u/\alpha)`
-  (exact zeros), :math:`\eta = \alpha`. Computed with the ``entmax`` package.
+  (exact zeros), :math:`\eta = \alpha` (the bound :math:`1/\alpha` is attained). Computed with the ``entmax`` package.
 * ``"softmax"`` (entropic): :math:`\Omega_\alpha = \alpha\sum_i g_i\log g_i`, :math:`G_\alpha(u) = \mathrm{softmax}(u/\alpha)`,
-  :math:`\eta = \alpha` (Pinsker; in l2 its Lipschitz constant is even :math:`1/(2\alpha)`).
+  :math:`\eta = 2\alpha`: on the simplex's zero-sum directions the Hessian :math:`\alpha\,\mathrm{diag}(1/g)` is at
+  least :math:`2\alpha` (Lemma ``lem-zero-sum``), and the gate's Jacobian has l2 norm at most :math:`1/(2\alpha)`
+  (Lemma ``lem-entropic-gate``). Its familiar modulus :math:`\alpha` (Pinsker) is with respect to the l1 norm.
 
 All functions act on the last axis and broadcast over leading (batch) axes.
 """
@@ -25,7 +29,7 @@ from .._validate import as_tensor, positive
 GateKind = Literal["sparsemax", "softmax"]
 GATE_KINDS = ("sparsemax", "softmax")
 
-__all__ = ["gate", "eta", "gate_jacobian", "alpha_crit", "sparsemax_threshold", "peak_gate_curve", "GATE_KINDS"]
+__all__ = ["gate", "eta", "gate_jacobian", "gate_jacobian_at", "alpha_crit", "sparsemax_threshold", "peak_gate_curve", "GATE_KINDS"]
 
 
 def check_kind(kind: str) -> str:
@@ -51,18 +55,27 @@ def gate_unchecked(u: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
 
 
 def eta(alpha: float, kind: GateKind = "sparsemax") -> float:
-    r"""Strong-convexity modulus :math:`\eta(\alpha)` of the regulariser; :math:`G_\alpha` is :math:`1/\eta`-Lipschitz."""
-    check_kind(kind)
-    return positive(alpha, "alpha")
+    r"""The l2 strong-convexity modulus :math:`\eta(\alpha)` of :math:`\Omega_\alpha` on the simplex: :math:`\alpha`
+    (sparsemax) or :math:`2\alpha` (entropic). :math:`G_\alpha` is :math:`1/\eta`-Lipschitz in l2 and no smaller
+    constant holds (chapter ``02_two_stage``), so Theorem 3.4's :math:`\beta\lambda^2/(2\eta)` is sharp for both gates
+    (chapter ``05_fixed_point``)."""
+    alpha = positive(alpha, "alpha")
+    return alpha if check_kind(kind) == "sparsemax" else 2 * alpha
 
 
 def gate_jacobian(u, alpha: float, kind: GateKind = "sparsemax") -> torch.Tensor:
     r"""Jacobian :math:`\partial G_\alpha(u)/\partial u`, shape ``(..., N, N)``.
 
     sparsemax: :math:`(\mathrm{diag}(s) - s s^\top/|S|)/\alpha` with s the support indicator;
-    softmax: :math:`(\mathrm{diag}(g) - g g^\top)/\alpha`. Both are symmetric PSD with norm :math:`\le 1/\alpha`.
+    softmax: :math:`(\mathrm{diag}(g) - g g^\top)/\alpha`. Both are symmetric PSD with spectral norm at most
+    :math:`1/\eta(\alpha)` (:math:`1/\alpha` and :math:`1/(2\alpha)`).
     """
     g = gate(u, alpha, kind)
+    return gate_jacobian_at(g, alpha, kind)
+
+
+def gate_jacobian_at(g: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+    """:func:`gate_jacobian` from the gate's value ``g = G_alpha(u)`` (no input validation; for inner loops)."""
     if kind == "sparsemax":
         s = (g > 0).to(g.dtype)
         J = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2) / s.sum(-1, keepdim=True).unsqueeze(-1)

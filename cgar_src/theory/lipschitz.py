@@ -12,7 +12,8 @@ so their Jacobians are symmetric PSD and the tight l2 Lipschitz constant is the 
 * softmax, :math:`G_\alpha(u) = \mathrm{softmax}(u/\alpha)`: the Jacobian :math:`(\mathrm{diag}(p) - pp^\top)/\alpha`
   has spectral norm at most :math:`1/(2\alpha)`, approached (never attained) by two memories with equal logits
   and all others at :math:`-\infty`; there :math:`\|G(u') - G(u)\|/\|u' - u\| = \tanh(t/\alpha)/(2t) < 1/(2\alpha)`.
-  ``gate.eta`` uses :math:`\eta = \alpha` for both gates, so for softmax :math:`1/\eta = 1/\alpha` is a factor 2 loose.
+  So the book's :math:`\eta` is :math:`2\alpha` for the entropic gate (``gate.eta``; chapter ``02_two_stage``, "One
+  convention for eta"): the bound :math:`1/\eta = 1/(2\alpha)` is the supremum of the ratio, reached as t -> 0.
 
 Functions act on one input vector of shape ``(N,)`` (the pair constructors) or broadcast over leading axes
 (:func:`lipschitz_ratio`).

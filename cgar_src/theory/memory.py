@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from entmax import sparsemax
 
@@ -24,6 +25,11 @@ __all__ = [
     "association_matrix",
     "separation",
     "ramsauer_error_bound",
+    "ramsauer_theorem5_bounds",
+    "pattern_fixed_point",
+    "update_jacobian",
+    "mean_jacobian",
+    "ramsauer_jacobian_bound",
     "hamux_energy",
 ]
 
@@ -135,12 +141,14 @@ def separation(X) -> torch.Tensor:
 
 
 def ramsauer_error_bound(X, xi, target, beta: float) -> torch.Tensor:
-    r"""Ramsauer et al. (2020, Thm. 5) one-update retrieval error bound for pattern ``target``:
+    r"""One-update retrieval error bound for pattern ``target``, the book's variant of Ramsauer et al. (2020,
+    Theorem 5) with the book's own proof (chapter ``01_modern_hopfield``, Theorem ``thm-mhn-error``):
 
     .. math:: \|f(\xi) - x_i\| \le 2 M (N-1)\,\exp\!\big(-\beta(\Delta_i - 2M\|\xi - x_i\|)\big).
 
-    ``target`` is an int or a LongTensor with one index per query. The book derives it in
-    ``chapters/01_modern_hopfield`` (section "How good is one update?").
+    It needs no fixed point and is at least as tight as their first bound, whose exponent has
+    :math:`\max\{\|\xi - x_i\|, \|x_i^* - x_i\|\}` in place of :math:`\|\xi - x_i\|`
+    (:func:`ramsauer_theorem5_bounds`). ``target`` is an int or a LongTensor with one index per query.
     """
     beta = positive(beta, "beta")
     X, xi = _check(X, xi)
@@ -151,6 +159,74 @@ def ramsauer_error_bound(X, xi, target, beta: float) -> torch.Tensor:
     dist = (xi - x_t).norm(dim=-1)
     delta = separation(X)[target]
     return 2 * M * (N - 1) * torch.exp(-beta * (delta - 2 * M * dist))
+
+
+def _target_stats(X, xi, target, beta):
+    beta = positive(beta, "beta")
+    X, xi = _check(X, xi)
+    N = X.shape[1]
+    target = indices(target, "target", N, shape=xi.shape[:-1], what="pattern indices")
+    return X, xi, N, target, X.norm(dim=0).max(), X.T[target], separation(X)[target]
+
+
+def ramsauer_theorem5_bounds(X, xi, target, x_star, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Ramsauer et al. (2020) Theorem 5 as stated, for pattern :math:`x_i` (``target``) with fixed point
+    :math:`x_i^*` (``x_star``, one row per query): the retrieval-error bound
+    :math:`2(N-1)\exp(-\beta(\Delta_i - 2\max\{\|\xi - x_i\|, \|x_i^* - x_i\|\}M))\,M` on :math:`\|f(\xi) - x_i\|`,
+    and the fixed-point bound :math:`2e(N-1)M e^{-\beta\Delta_i}` on :math:`\|x_i - x_i^*\|`, valid when
+    :math:`\|x_i - x_i^*\|` and :math:`\|x_i - \xi\|` are at most :math:`1/(2\beta M)` (chapter
+    ``01_modern_hopfield``). Returns both, each with one value per query."""
+    X, xi, N, target, M, x_t, delta = _target_stats(X, xi, target, beta)
+    x_star = as_tensor(x_star, "x_star", dtype=X.dtype).expand_as(xi)
+    r = torch.maximum((xi - x_t).norm(dim=-1), (x_star - x_t).norm(dim=-1))
+    return (2 * (N - 1) * torch.exp(-beta * (delta - 2 * r * M)) * M,
+            2 * math.e * (N - 1) * M * torch.exp(-beta * delta))
+
+
+def pattern_fixed_point(X, target, beta: float, *, tol: float = 1e-13, max_steps: int = 1000) -> torch.Tensor:
+    r"""The fixed point :math:`x_i^*` near pattern :math:`x_i`: :func:`retrieve` started at :math:`x_i` (``target``:
+    an int or a LongTensor of pattern indices), shape ``(d,)`` or ``(B, d)``. Raises ValueError if it did not converge
+    to ``tol``."""
+    X, _ = _check(X)
+    one = isinstance(target, int) and not isinstance(target, bool)
+    target = indices(target, "target", X.shape[1], shape=() if one else None, what="pattern indices")
+    res = retrieve(X.T[target], X, beta, tol=tol, max_steps=max_steps)
+    if not bool(res.converged.all()):
+        raise ValueError(f"the iteration from pattern(s) {target.tolist()} did not converge to tol={tol} in "
+                         f"{max_steps} steps; raise max_steps")
+    return res.state
+
+
+def update_jacobian(xi, X, beta: float) -> torch.Tensor:
+    r"""Jacobian of the update, :math:`J = \partial f/\partial\xi = \beta X(\mathrm{diag}\,p - pp^\top)X^\top` with
+    :math:`p = \mathrm{softmax}(\beta X^\top\xi)`; shape ``(..., d, d)``."""
+    beta = positive(beta, "beta")
+    X, xi = _check(X, xi)
+    p = torch.softmax(beta * (xi @ X), -1)
+    S = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    return beta * X @ S @ X.T
+
+
+def mean_jacobian(xi, x_star, X, beta: float, n_nodes: int = 40) -> torch.Tensor:
+    r""":math:`J^m = \int_0^1 J(x^* + t(\xi - x^*))\,dt` by ``n_nodes``-point Gauss-Legendre quadrature, so that
+    :math:`f(\xi) - f(x^*) = J^m(\xi - x^*)` (the mean value form in Ramsauer et al.'s Theorem 4; chapter
+    ``01_modern_hopfield``). ``xi`` and ``x_star`` of shape ``(d,)`` or ``(B, d)``; returns ``(..., d, d)``."""
+    X, xi = _check(X, xi)
+    x_star = as_tensor(x_star, "x_star", dtype=X.dtype).expand_as(xi)
+    nodes, weights = np.polynomial.legendre.leggauss(positive_int(n_nodes, "n_nodes"))
+    t = (torch.as_tensor(nodes, dtype=X.dtype) + 1) / 2
+    w = torch.as_tensor(weights, dtype=X.dtype) / 2
+    return sum(wk * update_jacobian(x_star + tk * (xi - x_star), X, beta) for tk, wk in zip(t, w))
+
+
+def ramsauer_jacobian_bound(X, xi, target, x_star, beta: float) -> torch.Tensor:
+    r"""Ramsauer et al. (2020) Theorem 4 as stated: :math:`\|J^m\|_2 \le 2\beta N M^2 (N-1)\exp(-\beta(\Delta_i -
+    2\max\{\|\xi - x_i\|, \|x_i^* - x_i\|\}M))`, one value per query, so that
+    :math:`\|f(\xi) - x_i^*\| \le \|J^m\|_2\|\xi - x_i^*\|` is exponentially small in the separation."""
+    X, xi, N, target, M, x_t, delta = _target_stats(X, xi, target, beta)
+    x_star = as_tensor(x_star, "x_star", dtype=X.dtype).expand_as(xi)
+    r = torch.maximum((xi - x_t).norm(dim=-1), (x_star - x_t).norm(dim=-1))
+    return 2 * beta * N * M**2 * (N - 1) * torch.exp(-beta * (delta - 2 * r * M))
 
 
 def hamux_energy(v, h, X, beta: float) -> torch.Tensor:

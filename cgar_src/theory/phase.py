@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from scipy import integrate, stats
 
-from .._validate import nonnegative, positive, positive_int
+from .._validate import as_tensor, nonnegative, positive, positive_int
+from .continuation import onehot_conditions
 from .dynamics import (
     alpha_crit_coupled,
     contraction_bound,
@@ -30,12 +31,13 @@ from .dynamics import (
     measured_alpha_crit,
     measured_alpha_crit_batch,
 )
-from .gate import alpha_crit
+from .gate import alpha_crit, check_kind, sparsemax_threshold
+from .gate import gate as gate_fn
 from .simulate import SweepConfig, make_bank
 
 __all__ = ["PhaseModel", "closed_form_errors", "kink_slopes", "fixed_point_peak_curves", "CoupledThreshold",
            "coupled_thresholds", "top_gap_mean_exact", "top_gap_evt_scale", "gaussian_top_gaps", "FeedbackShift",
-           "feedback_shifts"]
+           "feedback_shifts", "sparsemax_peak_slope", "entropic_peak", "MonotonicityCheck", "peak_monotonicity"]
 
 
 @dataclass(frozen=True)
@@ -186,25 +188,34 @@ def gaussian_top_gaps(ns: Sequence[int], n_samples: int, gen: torch.Generator, *
 
 @dataclass
 class FeedbackShift:
-    r"""The shift of the transition at coupling ``lam`` on the instances that have one (``n_transition`` of them: a
-    one-hot fixed point exists for some alpha above ``min_alpha``): measured shift
-    :math:`\alpha_{crit}(\lambda) - \alpha_{crit}(0)`, its runner-up form :math:`\lambda(p^\circ_m - p^\circ_{j^*})`,
-    whether the query's top memory is the context's, and the largest :math:`|\text{bisection} - \text{closed form}|`
-    (equation :eq:`alpha-crit-coupled`)."""
+    r"""The shift of the transition at coupling ``lam`` on the instances that have one (``n_transition`` of them: some
+    one-hot gate is self-consistent for an alpha above ``min_alpha``, :math:`\max_j a_j(\lambda) >` ``min_alpha``).
+    ``derived``: the upper end :math:`\max_j a_j(\lambda)` of the one-hot phase (Proposition
+    ``prop-alpha-crit-conditions``); ``measured``: the bisection on the solver minus :math:`\alpha_{crit}(0)`;
+    ``holds``: the one-hot gate at the transition sits on :math:`m = \arg\max s_c`, so that equation
+    :eq:`alpha-crit-coupled` applies; ``first_order``: its runner-up form :math:`\lambda(p^\circ_m - p^\circ_{j^*})`;
+    ``agree``: the query's top memory is the context's; ``derived_error``: the largest
+    :math:`|\text{bisection} - \max_j a_j|`; ``index``: the instances' rows in the batch."""
 
     lam: float
     measured: torch.Tensor
+    derived: torch.Tensor
     first_order: torch.Tensor
     agree: torch.Tensor
+    holds: torch.Tensor
+    contraction: torch.Tensor
     derived_error: float
     n_transition: int
+    index: torch.Tensor
 
 
 def feedback_shifts(s_q: torch.Tensor, s_c: torch.Tensor, beta: float, lambdas: Sequence[float], *,
                     min_alpha: float = 1e-3, n_bisect: int = 30, max_iter: int = 3000) -> list[FeedbackShift]:
     r"""For a batch of instances (``s_q``, ``s_c`` of shape ``(B, N)``) and every coupling: measure
-    :math:`\alpha_{crit}(\lambda)` by batched bisection on the solver (bracket ``[derived/4, 4 derived]``), on the
-    instances whose derived threshold exceeds ``min_alpha``, and compare the shift with its runner-up form."""
+    :math:`\alpha_{crit}(\lambda)` by batched bisection on the solver (bracket ``[derived/4, 4 derived]``, derived =
+    :math:`\max_j a_j(\lambda)`) on the instances whose derived threshold exceeds ``min_alpha``, record whether the
+    one-hot gate there is on :math:`\arg\max s_c` (equation ``alpha-crit-coupled`` applies) and compare the shift with
+    its runner-up form. ``contraction``: :math:`\beta\lambda^2/(2\max_j a_j)` at the threshold."""
     min_alpha = positive(min_alpha, "min_alpha")
     ac0 = alpha_crit(s_c)
     m_idx = s_c.argmax(-1, keepdim=True)
@@ -213,7 +224,8 @@ def feedback_shifts(s_q: torch.Tensor, s_c: torch.Tensor, beta: float, lambdas: 
     onehot = torch.zeros_like(s_c).scatter(-1, m_idx, 1.0)
     out = []
     for lam in lambdas:
-        derived = alpha_crit_coupled(s_q, s_c, beta, lam)
+        cond = onehot_conditions(s_q, s_c, beta, lam)
+        derived = torch.maximum(cond.a_m, cond.a_other)
         ok = derived > min_alpha  # a one-hot fixed point exists for some alpha > 0 (else no transition to measure)
         if not ok.any():
             raise ValueError(f"no instance has a transition above min_alpha={min_alpha} at lam={lam}")
@@ -221,6 +233,73 @@ def feedback_shifts(s_q: torch.Tensor, s_c: torch.Tensor, beta: float, lambdas: 
                                              n_bisect=n_bisect, max_iter=max_iter)
         p0 = gated_retrieval(s_q, onehot, beta, lam)
         first = lam * (p0.gather(-1, m_idx) - p0.gather(-1, runner)).squeeze(-1)[ok]
-        out.append(FeedbackShift(lam=lam, measured=measured - ac0[ok], first_order=first, agree=agree.squeeze(-1)[ok],
-                                 derived_error=(measured - derived[ok]).abs().max().item(), n_transition=int(ok.sum())))
+        out.append(FeedbackShift(lam=lam, measured=measured - ac0[ok], derived=derived[ok] - ac0[ok], first_order=first,
+                                 agree=agree.squeeze(-1)[ok], holds=cond.holds[ok],
+                                 contraction=beta * lam**2 / (2 * derived[ok]),
+                                 derived_error=(measured - derived[ok]).abs().max().item(), n_transition=int(ok.sum()),
+                                 index=torch.nonzero(ok).flatten()))
     return out
+
+
+def sparsemax_peak_slope(u, alpha: float) -> torch.Tensor:
+    r"""Closed-form slope :math:`d/d\alpha\,\max_i\mathrm{sparsemax}(u/\alpha)_i = -c/\alpha^2` with
+    :math:`c = u_{(1)} - \tfrac1k\sum_{i\in S}u_i \ge 0` on the support S of size k (Theorem ``thm-peak-monotone``,
+    chapter ``04_phase_transition``); 0 inside the one-hot phase. ``u`` has shape ``(..., N)``, the result the leading
+    shape; alpha must not be a breakpoint of the support."""
+    u = as_tensor(u, "u")
+    alpha = positive(alpha, "alpha")
+    tau, k = sparsemax_threshold(u / alpha)
+    support = u / alpha > tau.unsqueeze(-1)
+    c = u.amax(-1) - (u * support).sum(-1) / k.to(u.dtype)
+    return -c / alpha**2
+
+
+def entropic_peak(u: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    r"""Closed-form peak of the entropic gate, :math:`\max_i\mathrm{softmax}(u/\alpha)_i = 1/\sum_j
+    e^{-(u_{(1)} - u_j)/\alpha}` for every alpha (shape ``(A,)``); each term is nondecreasing in alpha, so the peak is
+    nonincreasing (Theorem ``thm-peak-monotone``)."""
+    u = as_tensor(u, "u", ndim=1)
+    alphas = as_tensor(alphas, "alphas", ndim=1, dtype=u.dtype)
+    if (alphas <= 0).any():
+        raise ValueError("alphas must all be > 0")
+    gaps = (u.max() - u).unsqueeze(0)
+    return 1 / torch.exp(-gaps / alphas.unsqueeze(1)).sum(-1)
+
+
+@dataclass(frozen=True)
+class MonotonicityCheck:
+    """Peak gate of the numerical gate (:func:`cgar_src.theory.gate.gate`) on a grid of alphas for many random score
+    vectors: steps where it rose by more than ``atol``, the largest rise, the largest error of the closed-form slope
+    against a central finite difference (sparsemax) or of the closed-form peak (entropic)."""
+
+    kind: str
+    n_vectors: int
+    n_steps: int
+    rises: int
+    largest_rise: float
+    closed_form_error: float
+
+
+def peak_monotonicity(kind: str, n_vectors: int, n_memories: int, alphas: torch.Tensor, gen: torch.Generator, *,
+                      atol: float = 1e-12) -> MonotonicityCheck:
+    r"""Theorem ``thm-peak-monotone`` checked on ``n_vectors`` standard Gaussian score vectors of length
+    ``n_memories`` drawn from ``gen``: the numerical gate's peak along the increasing grid ``alphas`` (no feedback),
+    and the closed forms (:func:`sparsemax_peak_slope` against a central difference with step 1e-6 at every grid
+    alpha; :func:`entropic_peak` against the numerical peak)."""
+    kind = check_kind(kind)
+    n_vectors, n_memories = positive_int(n_vectors, "n_vectors"), positive_int(n_memories, "n_memories")
+    alphas = as_tensor(alphas, "alphas", ndim=1)
+    if alphas.numel() < 2 or not bool((alphas > 0).all()) or not bool((alphas.diff() > 0).all()):
+        raise ValueError("alphas must hold at least 2 values, all > 0 and strictly increasing")
+    u = torch.randn(n_vectors, n_memories, generator=gen, dtype=torch.float64)
+    peaks = torch.stack([gate_fn(u, a, kind).amax(-1) for a in alphas.tolist()], -1)  # (V, A)
+    steps = peaks.diff(dim=-1)
+    if kind == "sparsemax":  # relative error of the closed-form slope against a central difference
+        h = 1e-6
+        err = max(((gate_fn(u, a + h, kind).amax(-1) - gate_fn(u, a - h, kind).amax(-1)) / (2 * h)
+                   - sparsemax_peak_slope(u, a)).abs().div(sparsemax_peak_slope(u, a).abs().clamp_min(1)).max().item()
+                  for a in alphas.tolist())
+    else:
+        err = max((entropic_peak(u[v], alphas) - peaks[v]).abs().max().item() for v in range(n_vectors))
+    return MonotonicityCheck(kind=kind, n_vectors=n_vectors, n_steps=steps.numel(), rises=int((steps > atol).sum()),
+                             largest_rise=steps.max().item(), closed_form_error=err)
