@@ -14,11 +14,18 @@ demonstration set per configuration: ``cgar_src.tasks.demos.draw_demo_set`` with
   FLOPs = 2 x (the body's matmul weights) x tokens forwarded (the dominant term; attention over the context is left
   out, so the fraction is a slight underestimate at long prefixes).
 
+- with ``--bf16`` (default on CPUs with AMX or AVX512-BF16, ``cgar_src.book.params.cpu_supports_bfloat16``): the
+  shared-prefix engine again on a bfloat16 copy of the model: its tokens/s and the largest difference of its states
+  from the float32 ones, relative to the state's norm (the issue's bf16 column).
+
+The per-query baseline runs on the first ``--full-queries`` queries only (its cost per query does not depend on how
+many there are; it is the slow path), the shared prefix on all ``--n-queries``.
+
 The last line reads ``worst tokens-per-query ratio: X; engine fraction of fp32 peak: Y``: X is the largest amortised
 ratio of the shared-prefix engine over all configurations, Y its FLOPs over its wall time, all configurations
 together, divided by the peak.
 
-    python benchmarks/bench_prefix.py [--n-queries 32] [--datasets sst2 agnews trec] [--shots 0 1 2 4]
+    python benchmarks/bench_prefix.py [--n-queries 300] [--full-queries 32] [--batch-size 8] [--no-bf16] [--datasets sst2 agnews trec] [--shots 0 1 2 4]
     python benchmarks/bench_prefix.py --n-queries 4 --datasets sst2          # smoke test
 """
 from __future__ import annotations
@@ -69,7 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model id or path (default: the offline default)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--n-queries", type=int, default=32)
+    ap.add_argument("--n-queries", type=int, default=300, help="queries per demonstration set (shared prefix)")
+    ap.add_argument("--full-queries", type=int, default=32, help="of which the per-query baseline runs")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="also run the shared prefix in bfloat16 (default: where the CPU supports it)")
     ap.add_argument("--datasets", nargs="+", default=sorted(TASKS), choices=sorted(TASKS))
     ap.add_argument("--shots", nargs="+", type=int, default=[0, 1, 2, 4], help="demonstrations per class")
     ap.add_argument("--template", default=DEFAULT_TEMPLATE, choices=TEMPLATE_NAMES)
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peak-reps", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
-    for name in ("n_queries", "batch_size", "max_batch_tokens", "peak_size", "peak_reps"):
+    for name in ("n_queries", "full_queries", "batch_size", "max_batch_tokens", "peak_size", "peak_reps"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if any(k < 0 for k in args.shots) or args.seed < 0:
@@ -94,10 +104,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{lm.model_id}: {weights / 1e6:.1f} M body matmul weights; fp32 matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s ({args.peak_size}^3, best of {args.peak_reps}); device {device}")
     hidden_states(lm, ["warm-up"], progress=False)
+    if args.bf16 is None:
+        from cgar_src.book.params import cpu_supports_bfloat16
+
+        args.bf16 = device.type != "cpu" or cpu_supports_bfloat16()
+    lm16 = load_model(args.model, dtype="bfloat16", device=args.device,
+                      max_batch_tokens=args.max_batch_tokens) if args.bf16 else None
 
     head = (f"{'dataset':8}{'shots':>6}{'prefix':>8}{'query':>7}{'tok/q full':>11}{'tok/q shared':>13}"
             f"{'ratio full':>11}{'ratio shared':>13}{'s/q full':>10}{'s/q shared':>11}{'speed-up':>9}"
-            f"{'peak frac':>10}{'max rel diff':>13}")
+            f"{'peak frac':>10}{'max rel diff':>13}" + (f"{'bf16 tok/s':>11}{'fp32 tok/s':>11}{'bf16 diff':>10}"
+                                                        if args.bf16 else ""))
     print(head)
     rows = []
     for dataset in args.datasets:
@@ -110,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
             ds = draw_demo_set(dataset, template=args.template, seed=args.seed, shots=shots,
                                exclude=[q.text for q in queries])
             check_no_leakage(ds, queries)
-            full = [ds.prompt(q.text) for q in queries]
+            nf = min(args.full_queries, args.n_queries)
+            full = [ds.prompt(q.text) for q in queries[:nf]]
             parts = [ds.query_part(q.text) for q in queries]
             n_full = sum(len(x) for x in lm.tokenizer(full)["input_ids"])
             _sync(device)
@@ -123,25 +141,42 @@ def main(argv: list[str] | None = None) -> dict:
             _sync(device)
             t_shared = time.perf_counter() - t0
             own = sum(len(r) for r in res.query_ids)
-            rel = float(((res.states - h_full).norm(dim=-1) / h_full.norm(dim=-1).clamp_min(1e-30)).max())
+            own_f = sum(len(r) for r in res.query_ids[:nf])
+            rel = float(((res.states[:nf] - h_full).norm(dim=-1) / h_full.norm(dim=-1).clamp_min(1e-30)).max())
             flops = 2.0 * weights * res.tokens_forwarded
             row = {"dataset": dataset, "shots": shots, "template": args.template, "demo_set": ds.key(),
                    "n_queries": args.n_queries, "prefix_tokens": res.n_prefix, "boundary_tokens": res.n_boundary,
                    "own_tokens": own, "tokens_full": n_full, "tokens_shared": res.tokens_forwarded,
-                   "ratio_full": n_full / own, "ratio_shared": res.tokens_forwarded / own,
-                   "s_per_query_full": t_full / args.n_queries, "s_per_query_shared": t_shared / args.n_queries,
+                   "full_queries": nf, "ratio_full": n_full / own_f, "ratio_shared": res.tokens_forwarded / own,
+                   "s_per_query_full": t_full / nf, "s_per_query_shared": t_shared / args.n_queries,
                    "wall_shared": t_shared, "flops_shared": flops,
                    "fraction_of_peak_shared": flops / t_shared / peak,
                    "fraction_of_peak_full": 2.0 * weights * n_full / t_full / peak, "max_rel_diff": rel}
+            extra = ""
+            if lm16 is not None:
+                _sync(device)
+                t0 = time.perf_counter()
+                r16 = prefix_states(lm16, ds.prefix(), parts, batch_size=args.batch_size)
+                _sync(device)
+                t16 = time.perf_counter() - t0
+                d16 = float(((r16.states - res.states).norm(dim=-1) / res.states.norm(dim=-1).clamp_min(1e-30)).max())
+                row |= {"wall_shared_bf16": t16, "tokens_per_s_bf16": r16.tokens_forwarded / t16,
+                        "tokens_per_s_fp32": res.tokens_forwarded / t_shared, "max_rel_diff_bf16": d16}
+                extra = f"{row['tokens_per_s_bf16']:11.0f}{row['tokens_per_s_fp32']:11.0f}{d16:10.1e}"
             rows.append(row)
             n = args.n_queries
-            print(f"{dataset:8}{shots:6d}{res.n_prefix:8d}{own / n:7.1f}{n_full / n:11.1f}"
+            print(f"{dataset:8}{shots:6d}{res.n_prefix:8d}{own / n:7.1f}{n_full / nf:11.1f}"
                   f"{res.tokens_forwarded / n:13.1f}"
                   f"{row['ratio_full']:11.2f}{row['ratio_shared']:13.3f}{row['s_per_query_full']:10.4f}"
                   f"{row['s_per_query_shared']:11.4f}{t_full / t_shared:9.2f}{row['fraction_of_peak_shared']:10.3f}"
-                  f"{rel:13.1e}")
+                  f"{rel:13.1e}" + extra)
     worst = max(r["ratio_shared"] for r in rows)
     fraction = sum(r["flops_shared"] for r in rows) / sum(r["wall_shared"] for r in rows) / peak
+    if lm16 is not None:
+        tok16 = sum(r["tokens_shared"] for r in rows) / sum(r["wall_shared_bf16"] for r in rows)
+        tok32 = sum(r["tokens_shared"] for r in rows) / sum(r["wall_shared"] for r in rows)
+        print(f"bf16: {tok16:.0f} tokens/s against {tok32:.0f} in fp32 ({tok16 / tok32:.2f}x); largest relative "
+              f"state difference {max(r['max_rel_diff_bf16'] for r in rows):.2e}")
     out = {"model": lm.model_id, "device": str(device), "peak_flops": peak, "body_matmul_weights": weights,
            "rows": rows, "worst_ratio": worst, "engine_fraction_of_peak": fraction, "args": vars(args)}
     if args.json:

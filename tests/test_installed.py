@@ -78,7 +78,7 @@ def test_both_profiles_load_from_the_installed_package(installed):
     here = Path(got["file"]).resolve()
     assert here.is_relative_to(env_dir.resolve()) and not here.is_relative_to(ROOT), got["file"]
     assert Path(got["data"]).resolve().is_relative_to(env_dir.resolve()), got["data"]   # cgar_src.bookdata
-    assert got["profiles"] == ["cpu", "paper"] and got["clone_chapters"] is False
+    assert got["profiles"] == ["cpu", "paper", "robust"] and got["clone_chapters"] is False
     # every module of the repository's cgar_src is installed (pyproject.toml lists the packages one by one); the
     # installed one has the profiles' __init__.py besides
     ours = sorted(str(p.relative_to(ROOT / "cgar_src")) for p in (ROOT / "cgar_src").rglob("*.py"))

@@ -60,11 +60,13 @@ def test_profiles_are_package_data_read_through_importlib_resources():
 
     folder = importlib.resources.files(run.PROFILES)
     assert Path(str(folder)).resolve() == (ROOT / "params").resolve()
-    assert run.profile_names() == sorted(p.stem for p in (ROOT / "params").glob("*.yaml")) == ["cpu", "paper"]
+    assert run.profile_names() == sorted(p.stem for p in (ROOT / "params").glob("*.yaml")) == ["cpu", "paper",
+                                                                                                  "robust"]
     for name in run.profile_names():
-        assert load_profile(name) == yaml.safe_load((ROOT / "params" / f"{name}.yaml").read_text())
+        raw = yaml.safe_load((ROOT / "params" / f"{name}.yaml").read_text())
+        assert load_profile(name) == {**raw, "chapters": raw.get("chapters", [])}   # a bundle profile runs none
     assert load_profile(str(ROOT / "params" / "cpu.yaml")) == load_profile("cpu")   # a YAML path works too
-    with pytest.raises(ValueError, match=r"profile must be one of \['cpu', 'paper'\]"):
+    with pytest.raises(ValueError, match=r"profile must be one of \['cpu', 'paper', 'robust'\]"):
         load_profile("no_such_profile.yaml")
 
 
@@ -116,3 +118,45 @@ def test_profile_command_checks_the_machine_before_any_model(tmp_path, monkeypat
         assert exit_.value.code == 2
         assert named in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_robust_profile_is_a_bundle_profile(tmp_path, monkeypatch):
+    """The robust profile writes a result bundle (no chapters): its lists are settable with --set, bad values fail
+    naming the entry, bfloat16 is refused on a CPU without native bfloat16, and a run writes (and resumes) the
+    bundle at --out."""
+    from cgar_src.book import params
+
+    prof = load_profile("robust")
+    assert run.is_bundle(prof) and prof["chapters"] == [] and prof["dtype"] == "bfloat16"
+    assert prof["models"] == ["smollm2-135m-instruct", "gemma-3-270m"] and prof["seeds"] == [0, 1, 2, 3, 4]
+    assert prof["label_modes"] == ["true", "random"] and prof["templates"] == ["book", "zhao2021", "min2022"]
+    assert run.default_out(prof, "robust") == ROOT / "bundles" / "robust"
+    small = load_profile("robust", ["seeds=[0]", "max_queries=3", "templates=[book]", "models=[smollm2-135m-instruct]"])
+    assert small["seeds"] == [0] and small["max_queries"] == 3
+    for bad in ("seeds=[0, 0]", "templates=[nope]", "label_modes=[flipped]", "max_queries=0",
+                "layer_fractions=[0, 1]", "models=[]"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            load_profile("robust", [bad])
+    with pytest.raises(ValueError, match="lacks"):
+        run.load_profile(str(_without(tmp_path, "seeds")))
+    monkeypatch.setattr(params, "cpu_supports_bfloat16", lambda: False)
+    with pytest.raises(ValueError, match="parameter dtype must be 'float32' on this CPU"):
+        run.check_profile(small, tmp_path / "b")
+    run.check_profile({**small, "dtype": "float32"}, tmp_path / "b")
+    monkeypatch.undo()
+    monkeypatch.setenv("CGAR_STATE_CACHE", str(tmp_path / "states"))   # a fresh state cache, not the user's
+    prof = {**small, "dtype": "float32", "datasets": ["sst2"], "shots": [0, 1], "label_modes": ["true"]}
+    side = run.run_bundle(prof, tmp_path / "b", progress=False)
+    assert side["file"]["rows"] == 2 * 3 and (tmp_path / "b.parquet").is_file() and (tmp_path / "b.json").is_file()
+    again = run.run_bundle(prof, tmp_path / "b", progress=False)
+    assert again["file"]["sha256"] == side["file"]["sha256"]
+
+
+def _without(tmp_path, key):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params" / "robust.yaml").read_text())
+    raw.pop(key)
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

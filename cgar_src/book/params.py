@@ -13,8 +13,10 @@ Three kinds of check, in this order, all before any model or state is loaded:
 2. rules across parameters (:func:`check_across`): ``n_queries`` at most the query split of every dataset in
    ``datasets`` (or ``dataset``), counted from the dataset files (a fraction of a second);
 3. this machine (:func:`check_machine`): ``device`` (and the devices of a ``device_map`` dict) exists here,
-   ``model_id`` can be found (the default model, a local model folder, or a hub id that is in the local Hugging Face
-   cache or, online, on the hub), and ``out_dir`` can be created and written (:func:`check_output_folder`: a probe
+   ``model_id`` (and each of ``models``) can be found (the default model, a local model folder, or a hub id that is
+   in the local Hugging Face cache or, online, on the hub), ``dtype: bfloat16`` on the CPU only where the CPU has
+   native bfloat16 arithmetic (:func:`cpu_supports_bfloat16`), and ``out_dir`` can be created and written
+   (:func:`check_output_folder`: a probe
    file is written and removed; folders the probe created are removed again, so a check leaves nothing behind).
 
 ``validate_parameters(ns, machine=False)`` runs the first two only: what a profile file can be checked for on any
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RULES", "Rule", "validate_parameters", "check", "check_across", "check_machine", "check_output_folder",
-           "available_devices"]
+           "available_devices", "cpu_supports_bfloat16"]
 
 
 class Rule:
@@ -108,6 +110,11 @@ def _dataset(v: Any) -> bool:
     return isinstance(v, str) and v in _task_names()
 
 
+def _template_names() -> tuple[str, ...]:
+    from cgar_src.tasks.templates import TEMPLATE_NAMES  # a light import: no datasets, no model
+    return tuple(TEMPLATE_NAMES)
+
+
 _DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)\Z")
 _MAP_TARGET = re.compile(r"(cpu|disk|mps|cuda(:\d+)?)\Z")   # where a device_map dict may place a module
 _RELATION = re.compile(r"P[1-9]\d*\Z")
@@ -141,6 +148,7 @@ RULES: dict[str, Rule] = {
     "beta": _real(0, strict=True, what=" (inverse temperature)"),
     "beta_mhn": _real(0, strict=True, what=" (MHN inverse temperature, times 1/sqrt(d))"),
     "betas": _list(lambda x: _is_real(x) and x > 0, "finite numbers > 0 (inverse temperatures)", unique=True),
+    "bundle": _PATH,
     "C": _real(0, strict=True, what=" (inverse L2 regularisation of the probes)"),
     "calibrate_shots": _list(lambda x: _is_int(x) and x >= 0, "integers >= 0 (shot counts to calibrate)", unique=True,
                              min_len=0),
@@ -164,22 +172,34 @@ RULES: dict[str, Rule] = {
     "fact_shots": _int(1, what=" (demonstration facts per prompt)"),
     "fit_range": Rule("a list [lo, hi] of two finite numbers with 0 < lo < hi",
                       lambda v: isinstance(v, (list, tuple)) and all(map(_is_real, v)) and _fit_range(list(v))),
+    "fixed_point_alphas": _list(lambda x: _is_real(x) and x > 0, "finite numbers > 0 (the fixed point's gate penalisations)",
+                                unique=True),
+    "fixed_point_betas": _list(lambda x: _is_real(x) and x > 0, "finite numbers > 0 (the fixed point's inverse temperatures)",
+                               unique=True),
+    "fixed_point_lambdas": _list(lambda x: _is_real(x) and x > 0, "finite numbers > 0 (the fixed point's couplings)",
+                                 unique=True),
     "flip": _real(0, strict=False, hi=0.5, what=" (bit-flip probability of the query)"),
     "flips": _list(lambda x: _is_real(x) and 0 <= x <= 0.5, "bit-flip probabilities in [0, 0.5]"),
     "gate_alpha": _real(0, strict=True, what=" (sparsemax gate penalisation)"),
+    "gate_kappas": _list(lambda x: _is_real(x) and x >= 0,
+                         "finite numbers >= 0 (gate couplings per unit penalisation, lambda/alpha)", unique=True),
     "gate_lambdas": _LAMBDAS,
     "gated_alpha": _real(0, strict=True, what=" (gate penalisation)"),
     "gated_beta": _real(0, strict=True, what=" (inverse temperature)"),
     "gauss_ns": _list(lambda x: _is_int(x) and x >= 2, "integers >= 2 (numbers of Gaussian scores)", unique=True),
     "grid_size": _int(2, what=" (points per axis of the grid)"),
     "k_shot": _int(1, what=" (demonstrations per class)"),
+    "label_modes": _list(lambda x: x in ("true", "random"), "label modes 'true' or 'random'", unique=True),
     "lam": _real(0, strict=False, what=" (coupling lambda)"),
     "lambdas": _LAMBDAS,
     "lambdas_ctx": _LAMBDAS,
     "lambdas_small": _list(lambda x: _is_real(x) and x > 0, "finite numbers > 0 (log-spaced couplings)"),
     "lens_float32": Rule("True or False", lambda v: isinstance(v, bool)),
     "max_batch_tokens": _int(1, what=" (padded tokens per forward batch)"),
-    "model_id": _nonempty_str("a hub id, a local path or 'smollm2-135m-instruct'"),
+    "max_queries": _int(1, what=" (queries per dataset at most; all of a smaller query split)"),
+    "model_id": _nonempty_str("a hub id, a local path or an offline model: 'smollm2-135m-instruct', 'gemma-3-270m'"),
+    "models": _list(lambda x: isinstance(x, str) and x.strip() != "",
+                    "non-empty strings (hub ids, local paths or offline model names)", unique=True),
     "n_facts": _int(1, what=" (facts per relation)"),
     "n_folds": _int(2, what=" (cross-validation folds)"),
     "n_gauss": _int(1, what=" (samples per N)"),
@@ -200,13 +220,20 @@ RULES: dict[str, Rule] = {
     "probe_shots": _list(lambda x: _is_int(x) and x >= 0, "integers >= 0 (demonstrations per class)", unique=True),
     "query_layer_fractions": _FRACTIONS,
     "query_noise": _real(0, strict=False),
+    "query_seed": _int(0, 2**32 - 1, what=" (random seed of the query sample)"),
     "random_label_shots": _int(1, what=" (demonstrations per class of the random-label control)"),
     "relations": _list(lambda x: isinstance(x, str) and bool(_RELATION.match(x)),
                        "LAMA T-REx relation ids like 'P30'", unique=True),
+    "results_dir": _PATH,
     "seed": _int(0, 2**32 - 1, what=" (random seed)"),
+    "seeds": _list(lambda x: _is_int(x) and 0 <= x <= 2**32 - 1, "integers in [0, 2^32 - 1] (random seeds)",
+                   unique=True),
     "shots": _list(lambda x: _is_int(x) and x >= 0, "integers >= 0 (demonstrations per class)", unique=True),
     "sigma_q_ctx": _real(0, strict=False, what=" (query noise)"),
     "sigmas": _list(lambda x: _is_real(x) and x >= 0, "finite numbers >= 0 (noise levels)"),
+    "templates": _list(lambda x: isinstance(x, str) and x in _template_names(),
+                       f"template names from cgar_src.tasks.templates.TEMPLATE_NAMES {list(_template_names())}",
+                       unique=True),
 }
 
 # Names ending in one of these suffixes get this rule when they have no entry of their own.
@@ -284,6 +311,25 @@ def _check_device(name: str, value: Any) -> None:
         _fail(name, f"a device of this machine, one of {devices}", value)
 
 
+def cpu_supports_bfloat16() -> bool:
+    """True when this CPU has native bfloat16 arithmetic (AMX tiles or AVX512-BF16), as torch reports it
+    (``torch.cpu._is_amx_tile_supported``, ``torch.cpu._is_avx512_bf16_supported``; False where torch has neither
+    probe). Without it a bfloat16 forward pass on the CPU is emulated and slower than float32."""
+    import torch
+
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    try:
+        return any(bool(p()) for p in probes if p is not None)
+    except Exception:   # a probe that fails says nothing: treat as unsupported
+        return False
+
+
+def _check_dtype(namespace: Mapping[str, Any]) -> None:
+    if namespace.get("dtype") == "bfloat16" and namespace.get("device", "cpu") == "cpu" and not cpu_supports_bfloat16():
+        _fail("dtype", "'float32' on this CPU (it has neither AMX nor AVX512-BF16, so bfloat16 would be emulated and "
+              "slower)", "bfloat16")
+
+
 def _check_device_map(value: Any) -> None:
     if not isinstance(value, dict):
         return   # None and the strategies ("auto", ...) place modules on whatever devices exist
@@ -302,15 +348,15 @@ def _offline() -> bool:
 
 def _check_model_id(value: str, revision: str | None = None) -> None:
     """``model_id`` names a model that :func:`cgar_src.lm.load_model` can find, checked without loading it: the
-    default model's name, an existing local folder with a ``config.json``, or a hub id whose ``config.json`` (at
-    ``revision``) is in the local Hugging Face cache; otherwise the hub id must exist on the hub (one metadata
-    request, 10 s timeout), which needs the hub: offline (``HF_HUB_OFFLINE``) or unreachable, it is an error here,
-    as it would be in ``load_model`` after retries."""
-    from cgar_src.lm import DEFAULT_MODEL
+    name of an offline GGUF model (``cgar_src.lm.GGUF_MODELS``), an existing local folder with a ``config.json``,
+    or a hub id whose ``config.json`` (at ``revision``) is in the local Hugging Face cache; otherwise the hub id
+    must exist on the hub (one metadata request, 10 s timeout), which needs the hub: offline (``HF_HUB_OFFLINE``) or
+    unreachable, it is an error here, as it would be in ``load_model`` after retries."""
+    from cgar_src.lm import GGUF_MODELS
 
-    allowed = (f"{DEFAULT_MODEL!r}, a local model folder (with config.json) or a Hugging Face hub id such as "
-               "'owner/name'")
-    if value == DEFAULT_MODEL:
+    allowed = (f"an offline model ({', '.join(map(repr, GGUF_MODELS))}), a local model folder (with config.json) "
+               "or a Hugging Face hub id such as 'owner/name'")
+    if value in GGUF_MODELS:
         return
     path = Path(value).expanduser()
     if path.exists():
@@ -384,6 +430,10 @@ def check_machine(namespace: Mapping[str, Any], *, revision: str | None = None) 
         _check_device_map(namespace["device_map"])
     if "model_id" in namespace:
         _check_model_id(namespace["model_id"], revision)
+    for model in namespace.get("models", ()):
+        _check_model_id(model, revision)
+    if "dtype" in namespace:
+        _check_dtype(namespace)
     if "out_dir" in namespace:
         check_output_folder(namespace["out_dir"])
 

@@ -16,6 +16,13 @@ probe), the device (``--set device=cuda`` on a machine without CUDA fails at onc
 model (found locally or on the hub) and the chapters' folder. The chapters are the book's notebooks, which only a
 clone carries: in a clone they are found beside the package; an installed ``cgar_src`` needs ``--chapters DIR`` (a
 clone's ``chapters/``), or ``--set chapters=[]`` to run the extraction stages alone.
+
+A *bundle profile* (one with a ``bundle`` entry, e.g. ``robust``) runs no chapters: it writes a result bundle
+(:func:`cgar_src.book.bundle.write_bundle`), one row per (model, dataset, template, seed, shots, label mode,
+query), to ``<bundle>.parquet`` with its ``.json`` sidecar (relative paths from the repository root in a clone;
+``--out PATH`` replaces the profile's path). It resumes: a rerun skips the configurations already written. Its
+entries: :data:`BUNDLE_REQUIRED`. After the run it prints the measured tokens/s and the time a run of the profile's
+lists at full size (``max_queries`` 1000) would take at that rate.
 """
 from __future__ import annotations
 
@@ -31,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]   # the repository root in a clone (s
 PROFILES = "cgar_src.book.profiles"          # package data: the repository's params/*.yaml
 REPOSITORY = "https://github.com/cgar-book/context-gated-retrieval"
 REQUIRED = ("model_id", "dtype", "device", "batch_size", "n_queries", "shots", "datasets", "seed", "chapters")
+#: the entries of a bundle profile (``bundle`` given), instead of :data:`REQUIRED`
+BUNDLE_REQUIRED = ("bundle", "models", "dtype", "device", "batch_size", "max_queries", "query_seed", "datasets",
+                   "templates", "seeds", "shots", "label_modes", "layer_fractions")
 #: the options of :func:`cgar_src.lm.load_model` that a profile may set
 ENGINE = ("device_map", "revision", "attn_implementation", "local_files_only", "max_batch_tokens")
 
@@ -93,10 +103,10 @@ def load_profile(name_or_path: str, overrides: list[str] = (), *, chapters: str 
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         prof[key.strip()] = yaml.safe_load(value)
-    missing = [k for k in REQUIRED if k not in prof]
+    missing = [k for k in (BUNDLE_REQUIRED if is_bundle(prof) else REQUIRED) if k not in prof]
     if missing:
         raise ValueError(f"profile {name_or_path!r} lacks {missing}")
-    chs = prof["chapters"]
+    chs = prof.setdefault("chapters", [])
     if not isinstance(chs, list) or not all(isinstance(c, str) and c for c in chs) or len(set(chs)) != len(chs):
         raise ValueError(f"parameter chapters must be a list of chapter names without repeats, got {chs!r}")
     validate_parameters(prof, machine=False)
@@ -105,8 +115,17 @@ def load_profile(name_or_path: str, overrides: list[str] = (), *, chapters: str 
     return prof
 
 
+def is_bundle(prof: dict) -> bool:
+    """True for a bundle profile (one with a ``bundle`` entry): it writes a result bundle, not chapters."""
+    return prof.get("bundle") is not None
+
+
 def default_out(prof: dict, name_or_path: str) -> Path:
-    """``results/<profile>`` at the repository root in a clone, else under the current folder."""
+    """``results/<profile>`` at the repository root in a clone, else under the current folder; for a bundle profile,
+    its ``bundle`` path (relative to the repository root in a clone)."""
+    if is_bundle(prof):
+        path = Path(prof["bundle"]).expanduser()
+        return path if path.is_absolute() or clone_chapters() is None else ROOT / path
     name = prof.get("profile", Path(name_or_path).stem)
     return (ROOT / "results" if clone_chapters() is not None else Path("results")) / name
 
@@ -118,7 +137,7 @@ def check_profile(prof: dict, out: str | Path, chapters: str | Path | None = Non
     (:func:`chapters_dir`). ``ValueError`` naming the parameter; nothing is left behind. Returns the chapters'
     folder (None without chapters)."""
     validate_parameters(prof)
-    check_output_folder(out, "--out")
+    check_output_folder(Path(out).parent if is_bundle(prof) else out, "--out")
     return chapters_dir(prof, chapters) if prof["chapters"] else None
 
 
@@ -180,6 +199,42 @@ def run_chapter(prof: dict, chapter: str, out: Path, *, chapters: str | Path | N
     return target
 
 
+def run_bundle(prof: dict, out: Path, *, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Write (or resume) the bundle of a bundle profile at ``out`` (``.parquet`` and ``.json``), then print the
+    measured tokens/s per model and dataset and the estimated time of the same lists at full size (``max_queries``
+    1000: all of TREC's and SST-2's query splits). Returns the sidecar."""
+    from ..lm import load_model
+    from ..tasks.data import TASKS, load_examples
+    from .bundle import configurations, estimate_run, write_bundle
+
+    engine = {k: prof[k] for k in ENGINE if prof.get(k) is not None and k != "max_batch_tokens"}
+    side = write_bundle(out, models=prof["models"], datasets=prof["datasets"], templates=prof["templates"],
+                        seeds=prof["seeds"], shots=prof["shots"], label_modes=prof["label_modes"],
+                        max_queries=prof["max_queries"], query_seed=prof["query_seed"], dtype=prof["dtype"],
+                        device=prof["device"], batch_size=prof["batch_size"],
+                        max_batch_tokens=prof.get("max_batch_tokens"), layer_fractions=prof["layer_fractions"],
+                        load=lambda m: load_model(m, dtype=prof["dtype"], device=prof["device"], **engine,
+                                                  **({"max_batch_tokens": prof["max_batch_tokens"]}
+                                                     if prof.get("max_batch_tokens") else {})),
+                        extra_params={"profile": prof.get("profile")}, progress=progress, stop_after=stop_after)
+    f = side["file"]
+    print(f"bundle {Path(out).with_suffix('.parquet')}: {f['rows']} rows, {f['bytes'] / 1e6:.2f} MB, "
+          f"sha256 {f['sha256'][:16]}")
+    full = {ds: min(1000, len(load_examples(ds, TASKS[ds].query_split))) for ds in prof["datasets"]}
+    cfgs = configurations(prof["models"], prof["datasets"], prof["templates"], prof["seeds"], prof["shots"],
+                          prof["label_modes"])
+    counts = {(m, ds): sum(c.model == m and c.dataset == ds for c in cfgs) for m in prof["models"]
+              for ds in prof["datasets"]}
+    est = estimate_run(side, full_queries=full, n_configs_full=counts)
+    for key, e in est.items():
+        if key != "total":
+            print(f"{key}: {e['tokens_per_s']:.0f} tokens/s measured; full size {e['tokens'] / 1e6:.2f} M tokens, "
+                  f"{e['hours']:.2f} h")
+    print(f"estimated full run ({prof['dtype']}, max_queries 1000, measured models only): "
+          f"{est['total']['tokens'] / 1e6:.1f} M tokens, {est['total']['hours']:.2f} h")
+    return side
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu",
@@ -201,8 +256,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..lm import Unembed
 
+    if is_bundle(prof):
+        run_bundle(prof, out)
+        return
     lm = profile_model(prof)
-    unembed = Unembed(lm.model)
+    unembed = Unembed(lm.model, float32=True)   # the lens in float32 whatever the model's dtype
     for dataset in prof["datasets"]:
         for shots in prof["shots"]:
             _, summary, where = extract_stage(lm, unembed, prof, dataset, shots, out)

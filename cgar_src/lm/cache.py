@@ -24,10 +24,15 @@ from ..records import atomic_path, write_json_atomic
 from .model import LoadedModel, user_cache_dir
 from .states import Patch, batch_budget, hidden_states
 
-__all__ = ["CachedStates", "cached_states", "cached_twin_states", "state_cache_dir", "CHUNK_SIZE", "CHUNK_SUFFIX",
-           "STATE_CACHE_ENV"]
+__all__ = ["CachedStates", "cached_states", "cached_twin_states", "cached_prefix_states", "state_cache_dir",
+           "CHUNK_SIZE", "PREFIX_CHUNK_SIZE", "CHUNK_SUFFIX", "STATE_CACHE_ENV"]
 
 CHUNK_SIZE = 64  # prompts per cache file; each chunk is one call of hidden_states
+#: queries per cache file of a shared prefix; each chunk is one call of prefix_states, which forwards the prefix once,
+#: so large chunks keep the prefix's cost amortised (TREC's 500 test questions are one chunk)
+PREFIX_CHUNK_SIZE = 512
+#: the float path of :func:`cached_prefix_states`, part of its key
+PREFIX_ENGINE = "prefix_states: the prefix's keys and values computed once per chunk, then the queries' own tokens"
 CHUNK_SUFFIX = ".safetensors"  # chunk files; the old pickled ".pt" chunks are never read
 STATE_CACHE_ENV = "CGAR_STATE_CACHE"  # environment variable: the state cache's folder, apart from the converted models
 
@@ -46,6 +51,7 @@ class CachedStates:
     states: torch.Tensor      # (P, L+1, d) float32, one row per prompt given (duplicates share a forward pass)
     n_forward: int            # forward passes performed in this call (0 with a warm cache)
     path: Path
+    tokens: int = 0           # real tokens forwarded in this call (filled by cached_prefix_states; 0 elsewhere)
 
 
 def _sha(text: str) -> str:
@@ -180,3 +186,40 @@ def cached_twin_states(lm: LoadedModel, prompts: list[str], meta: dict, twins: l
         twin_chunks.append(twin_states)
     return (CachedStates(states=torch.cat(chunks), n_forward=n_forward, path=path),
             CachedStates(states=torch.cat(twin_chunks), n_forward=n_twin, path=twin_path))
+
+
+def cached_prefix_states(lm: LoadedModel, prefix: str, queries: list[str], meta: dict, *,
+                         cache_root: str | os.PathLike | None = None, chunk_size: int = PREFIX_CHUNK_SIZE,
+                         batch_size: int = 8, progress: bool = True,
+                         max_batch_tokens: int | None = None) -> CachedStates:
+    """States of the prompts ``prefix + q`` for each q of ``queries`` from the cache, computing what is missing with
+    :func:`cgar_src.lm.prefix.prefix_states` (the prefix forwarded once per chunk of at most ``chunk_size`` distinct
+    queries, then only the queries' own tokens). The key holds ``meta`` (e.g. the demonstration set's identity), the
+    sha256 of ``prefix``, the sha256 of every query and the float path (:data:`PREFIX_ENGINE`), so these entries never
+    mix with those of :func:`cached_states` (another float path). Written atomically chunk by chunk like
+    :func:`cached_states`: an interruption loses at most the chunk in progress. ``tokens`` of the result counts the
+    real tokens forwarded in this call."""
+    from .prefix import prefix_states
+
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be a string, got {type(prefix).__name__}")
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict describing the prompts (dataset, template, demonstration set), got {meta!r}")
+    budget = batch_budget(lm, max_batch_tokens)
+    key_meta = {**meta, "engine": PREFIX_ENGINE, "prefix_sha256": _sha(prefix)}
+    unique, path = _entry(lm, queries, key_meta, cache_root, chunk_size, batch_size, budget)
+    shape = (lm.n_layers + 1, lm.model.config.hidden_size)
+    chunks, n_forward, tokens = [], 0, 0
+    for i, start in enumerate(range(0, len(unique), chunk_size)):
+        part = unique[start:start + chunk_size]
+        hashes = [_sha(p) for p in part]
+        file = path / f"chunk_{i:05d}{CHUNK_SUFFIX}"
+        states = _load_chunk(file, hashes, (len(part), *shape))
+        if states is None:
+            res = prefix_states(lm, prefix, part, batch_size=batch_size, max_batch_tokens=budget, progress=progress)
+            states = res.states
+            n_forward += len(part)
+            tokens += res.tokens_forwarded
+            _save_chunk(file, hashes, states)
+        chunks.append(states)
+    return CachedStates(states=_gather(chunks, unique, queries), n_forward=n_forward, path=path, tokens=tokens)

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 
 from .._validate import int_in_range
 from .data import TASKS, Example, load_examples, sample_demos
-from .icl import LABEL_MODES
 from .templates import DEFAULT_TEMPLATE, Template, get_template
 
 __all__ = ["DemoSet", "draw_demo_set", "demo_set_from_pool", "leaked_queries", "check_no_leakage", "normalise_text",
-           "PROTOCOL"]
+           "PROTOCOL", "LABEL_MODES"]
+
+#: how demonstrations are labelled: their true labels, or a random permutation of them (a control)
+LABEL_MODES = ("true", "random")
 
 PROTOCOL = "one balanced demonstration set shared by all queries (Zhao et al. 2021)"
 

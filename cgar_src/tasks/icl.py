@@ -1,8 +1,17 @@
 """Zero-shot and in-context states of a classification task, in one call (book: the transformer chapters).
 
-``task_states`` samples the queries, builds the zero-shot prompt and the k-shot prompt of every query (k
-demonstrations per class, balanced, seeded, never the query itself), validates everything before any forward
-pass, and returns cached last-token states of every layer.
+Two designs:
+
+- ``task_states`` (the per-query design, used by the book's chapters 07-12, whose stored outputs depend on it):
+  every query draws its own k demonstrations per class (balanced, seeded, never the query itself), so each k-shot
+  prompt is forwarded whole, and its content-free "twin" reuses its keys and values. Kept because the chapters'
+  context vectors average over many demonstration sets, one per query.
+- ``shared_task_states`` (the protocol of Zhao et al. 2021, for studies at scale such as the ``robust`` profile's
+  bundles): ONE balanced demonstration set per (dataset, template, seed, shots, label mode)
+  (``cgar_src.tasks.demos``), shared by all queries; the set's keys and values are computed once
+  (``cgar_src.lm.prefix``) and the content-free prompt is one prompt per set. The set is part of the cache key.
+
+Both validate everything before any forward pass and return cached last-token states of every layer.
 """
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ import torch
 
 from .._validate import boolean, int_in_range, positive_int
 from ..lm import LoadedModel, check_context_window
-from ..lm.cache import cached_states, cached_twin_states
+from ..lm.cache import cached_prefix_states, cached_states, cached_twin_states
 from .data import (
     TASKS,
     first_token_ids,
@@ -24,10 +33,12 @@ from .data import (
     load_facts,
     sample_demos,
 )
+from .demos import LABEL_MODES, PROTOCOL, DemoSet, check_no_leakage, draw_demo_set
+from .templates import DEFAULT_TEMPLATE, get_template, label_token_report
 
-__all__ = ["TaskStates", "task_states", "LABEL_MODES", "CONTENT_FREE_INPUT", "FactStates", "fact_states"]
+__all__ = ["TaskStates", "task_states", "LABEL_MODES", "CONTENT_FREE_INPUT", "FactStates", "fact_states",
+           "SharedTaskStates", "shared_task_states", "sample_query_rows"]
 
-LABEL_MODES = ("true", "random")
 CONTENT_FREE_INPUT = "N/A"  #: the content-free input of contextual calibration (Zhao et al. 2021)
 
 
@@ -112,6 +123,88 @@ def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, se
                       labels=torch.tensor([q.label for q in queries]), label_ids=label_ids, params=params,
                       n_forward=n_forward, zero_prompts=zero, icl_prompts=icl,
                       h_cf=cf_states.states if cf_states else None, cf_prompts=cf)
+
+
+def sample_query_rows(n_total: int, n_queries: int, seed: int) -> list[int]:
+    """Rows of the query split: ``random.Random(seed).sample(range(n_total), n_queries)``, the same queries, in the
+    same order, as :func:`task_states` samples with that seed (``random.sample`` draws positions whatever the
+    population holds)."""
+    return random.Random(seed).sample(range(n_total), n_queries)
+
+
+@dataclass
+class SharedTaskStates:
+    """States ``(Q, L+1, d)`` of the prompts ``demo_set.prompt(q)`` of Q queries, all sharing ``demo_set``; ``h_cf``
+    ``(L+1, d)``: the set's content-free prompt (its demonstrations, then the template with
+    :data:`CONTENT_FREE_INPUT`). ``query_rows``: the queries' rows in the query split; ``label_ids``: the first tokens
+    of the template's label words; ``tokens``: real tokens forwarded in this call (0 with a warm cache)."""
+
+    h: torch.Tensor
+    h_cf: torch.Tensor | None
+    labels: torch.Tensor
+    query_rows: list[int]
+    label_ids: list[int]
+    demo_set: DemoSet
+    params: dict
+    n_forward: int
+    tokens: int
+    prompts: list[str]
+    cf_prompt: str | None
+
+
+def shared_task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, seed: int = 0,
+                       template: str = DEFAULT_TEMPLATE, label_mode: str = "true", query_seed: int = 0, root=None,
+                       cache_root=None, batch_size: int = 8, max_batch_tokens: int | None = None,
+                       progress: bool = True, content_free: bool = True) -> SharedTaskStates:
+    """States of ``n_queries`` queries of ``dataset`` (sampled with ``query_seed``: :func:`sample_query_rows`, the
+    same queries for every seed, template and shot count, so that they can be paired) under ONE demonstration set
+    (:func:`cgar_src.tasks.demos.draw_demo_set` with ``seed``, ``shots`` per class, ``label_mode``, the queries
+    excluded and checked for leakage) formatted by the template ``template``. The set's prefix is forwarded once
+    (:func:`cgar_src.lm.cache.cached_prefix_states`; with ``shots=0`` the prefix is the template's header, or
+    nothing); with ``content_free`` the set's content-free prompt rides in the same call as one more query. The cache
+    key holds the set's identity (rows, shown labels, seed, template) and the model's. Label words are scored by
+    their first token (``templates.label_token_report``: refused when two share it; the report is in ``params``)."""
+    if dataset not in TASKS:
+        raise ValueError(f"dataset must be one of {sorted(TASKS)}, got {dataset!r}")
+    positive_int(n_queries, "n_queries")
+    int_in_range(shots, "shots", 0, note=" (demonstrations per class)")
+    int_in_range(seed, "seed", 0)
+    int_in_range(query_seed, "query_seed", 0)
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    boolean(content_free, "content_free")
+    tpl = get_template(dataset, template)
+    report = label_token_report(lm.tokenizer, tpl)
+    task = TASKS[dataset]
+    queries_all = load_examples(dataset, task.query_split, root=root)
+    if n_queries > len(queries_all):
+        raise ValueError(f"n_queries={n_queries} exceeds the {len(queries_all)} {task.query_split} examples of {dataset}")
+    rows = sample_query_rows(len(queries_all), n_queries, query_seed)
+    queries = [queries_all[i] for i in rows]
+    demo_set = draw_demo_set(dataset, template=template, seed=seed, shots=shots, label_mode=label_mode,
+                             exclude=[q.text for q in queries], root=root)
+    check_no_leakage(demo_set, queries)
+    prefix = demo_set.prefix()
+    parts = [demo_set.query_part(q.text) for q in queries]
+    cf_part = demo_set.query_part(CONTENT_FREE_INPUT) if content_free else None
+    prompts = [prefix + p for p in parts]
+    params = {"dataset": dataset, "split": task.query_split, "demo_split": task.demo_split, "template": template,
+              "label_words": list(tpl.label_words), "label_tokens": report.summary(), "n_queries": n_queries,
+              "query_seed": query_seed, "shots": shots, "seed": seed, "label_mode": label_mode, "design": PROTOCOL,
+              "demo_set_key": demo_set.key(), "demo_set": demo_set.identity(), **lm.identity}
+    check_context_window(lm, prompts + ([prefix + cf_part] if content_free else []),
+                         f"{dataset}, {shots}-shot, {label_mode} labels, template {template}")
+    meta = params | {"kind": "shared-prefix", "content_free_input": CONTENT_FREE_INPUT if content_free else None}
+    if not shots:   # no demonstrations: the prompts do not depend on the seed or the label mode, one entry for all
+        meta = {k: v for k, v in meta.items() if k not in ("seed", "label_mode", "demo_set_key", "demo_set")} | {
+            "demo_set": {k: v for k, v in params["demo_set"].items() if k not in ("seed", "label_mode")}}
+    cs = cached_prefix_states(lm, prefix, parts + ([cf_part] if content_free else []), meta, cache_root=cache_root,
+                              batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress)
+    return SharedTaskStates(h=cs.states[:n_queries], h_cf=cs.states[n_queries] if content_free else None,
+                            labels=torch.tensor([q.label for q in queries]), query_rows=rows,
+                            label_ids=list(report.first_ids), demo_set=demo_set, params=params,
+                            n_forward=cs.n_forward, tokens=cs.tokens, prompts=prompts,
+                            cf_prompt=prefix + cf_part if content_free else None)
 
 
 @dataclass
