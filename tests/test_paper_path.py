@@ -8,16 +8,12 @@ test time (as `python -m cgar_src.book.run` does), so chapters can be added or r
 Select it alone with `python -m pytest tests/test_paper_path.py` (or `-m paper_path`).
 """
 import json
-import os
 
 import pytest
 import torch
+from _chapter_path import run_every_chapter
 
 pytestmark = pytest.mark.paper_path
-
-# sizes small enough for 2 CPU cores, large enough for every class of every dataset (TREC has 6) to appear and for
-# the chapters' cross-validation folds; applied only to the chapters that declare them
-SMALL = {"n_queries": 24, "n_facts": 6}
 
 
 @pytest.fixture(scope="module")
@@ -42,40 +38,13 @@ def tiny_bf16_llama(tmp_path_factory):
 
 
 def test_every_transformer_chapter_runs_on_a_bf16_llama(tiny_bf16_llama, tmp_path, monkeypatch):
-    import papermill as pm
-
-    from cgar_src.book.run import ROOT, chapter_parameters, load_profile
+    from cgar_src.book.run import load_profile
     from cgar_src.lm import load_model
-    from cgar_src.tasks import data
 
-    if data.data_dir() is None:   # only with CGAR_DATA_DIR=hub, and the hub is offline in tests
-        pytest.skip("CGAR_DATA_DIR=hub selects the Hugging Face hub, which tests never reach")
     lm = load_model(str(tiny_bf16_llama), dtype="bfloat16")
     assert lm.model.dtype == torch.bfloat16 and lm.revision == "local"
-    monkeypatch.setenv("CGAR_CACHE", str(tmp_path / "cache"))          # the chapters' kernels inherit it
-    paper = load_profile("paper")
-    profile = {**paper, **SMALL, "model_id": str(tiny_bf16_llama), "device": "cpu", "device_map": None}
-    assert profile["dtype"] == "bfloat16"
-    failures = []
-    for ch in paper["chapters"]:
-        source = ROOT / "chapters" / f"{ch}.ipynb"
-        params = chapter_parameters(profile, ch, tmp_path / "results")   # what `python -m cgar_src.book.run` passes
-        try:
-            pm.execute_notebook(str(source), str(tmp_path / f"{ch}.ipynb"), parameters=params,
-                                cwd=str(ROOT / "chapters"), progress_bar=False, kernel_name="python3")
-        except pm.PapermillExecutionError as err:
-            failures.append(f"{ch}: cell {err.exec_count}: {err.ename}: {err.evalue}")
-            continue
-        saved = tmp_path / "results" / ch / "params.json"
-        if saved.exists():  # a chapter that records its run names the weights it ran on: dtype and resolved revision
-            record = json.loads(saved.read_text())
-            if record.get("dtype") != "bfloat16" or record.get("revision") != "local":
-                failures.append(f"{ch}: params.json records dtype={record.get('dtype')!r}, "
-                                f"revision={record.get('revision')!r} (expected 'bfloat16' and 'local')")
-        else:
-            failures.append(f"{ch}: wrote no params.json into out_dir")
-    assert not failures, "\n".join(failures)
-    assert os.listdir(tmp_path / "cache" / "states")                        # states went to the temporary cache
+    assert load_profile("paper")["dtype"] == "bfloat16"
+    run_every_chapter("paper", tiny_bf16_llama, tmp_path, monkeypatch)
 
 
 def test_bench_gpu_runs_on_a_tiny_random_model(tmp_path, capsys, monkeypatch):

@@ -180,7 +180,9 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     Twin i is not run from scratch: it reuses the key/value cache of prompt i's forward pass over their common token
     prefix (at most all but its last token) and runs only its remaining tokens, one twin at a time. Under causal
     attention the keys and values of a prefix do not depend on what follows it, so this equals the twin's own
-    forward pass up to float summation order (tested to 1e-4), and the prompts' states are those of the call without
+    forward pass up to float summation order (tested to 1e-4, also on Gemma-2/3 configs whose sliding-window layers
+    are far shorter than the prompts: their cache records every position during the prompts' pass, so that the
+    shared part can be cut from it, see ``_run_twins``), and the prompts' states are those of the call without
     twins. It saves the forward pass over the shared prefix: for the book's content-free prompts, most of their
     tokens.
     """
@@ -241,7 +243,8 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
                 # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
                 # output head (vocab x d over every position) is skipped
                 res = model.base_model(input_ids=input_ids.to(lm.device), output_hidden_states=True,
-                                       use_cache=twins is not None)
+                                       use_cache=twins is not None,
+                                       **({"past_key_values": _recording_cache(model)} if twins is not None else {}))
             except OOM_ERRORS as err:
                 res = None
                 if len(idx) == 1:
@@ -272,14 +275,40 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     return out if twins is None else (out, twin_out)
 
 
+def _recording_cache(model: nn.Module):
+    """An empty key/value cache for the prompts' forward pass when they have twins: the model's own layer types
+    (``DynamicCache(config=...)``), with every sliding-window layer recording its past, so that it keeps the keys and
+    values of every position instead of only the last ``sliding_window - 1``. Then the cache of any leading part of
+    a prompt can be cut from it (:func:`_run_twins`). The prompts' states do not change: the attention of this pass
+    and its masks are those of a pass without recording (its first pass returns every key either way)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for layer in cache.layers:
+        if getattr(layer, "is_sliding", False) and hasattr(layer, "activate_past_recording"):
+            layer.activate_past_recording()
+    return cache
+
+
 def _run_twins(lm: LoadedModel, cache, idx: list[int], prompt_ids: list[list[int]], twin_ids: list[list[int]],
                current: dict, captured: list, twin_out: torch.Tensor) -> None:
     """The twins of one batch (see :func:`hidden_states`): each from its prompt's keys and values over their common
-    token prefix (``cache``: the batch's key/value cache, rows in batch order), then its own remaining tokens."""
+    token prefix, then its own remaining tokens.
+
+    ``cache`` is the batch's key/value cache (rows in batch order) from :func:`_recording_cache`, so that every
+    layer, sliding-window ones included, holds the keys and values of every position. Twin i gets a copy of its row
+    cropped to the first ``shared`` positions, fed through the layers of a fresh ``DynamicCache(config=...)`` (as
+    ``prefix.prefix_states`` copies its cache rather than slicing tensors by hand): each layer keeps its own
+    bookkeeping, so a sliding-window layer keeps the last ``sliding_window - 1`` of those positions and counts all
+    ``shared`` of them (the position its mask and window start from). Slicing a sliding layer's stored keys would
+    be wrong once a prompt is longer than the window: they are the prompt's last positions, not its first."""
     from transformers import DynamicCache
 
     model = lm.model
     layers = [(layer.keys, layer.values) for layer in cache.layers]
+    for layer in cache.layers:
+        if getattr(layer, "is_sliding", False) and not getattr(layer, "record_past", False):
+            raise RuntimeError("twins need a key/value cache whose sliding-window layers record their past")
     for row, (i, a, b) in enumerate(zip(idx, prompt_ids, twin_ids)):
         shared = min(common_prefix(a, b), len(b) - 1)   # the twin runs at least its last token
         past = (DynamicCache(ddp_cache_data=[(k[row:row + 1, :, :shared], v[row:row + 1, :, :shared])
@@ -290,4 +319,3 @@ def _run_twins(lm: LoadedModel, cache, idx: list[int], prompt_ids: list[list[int
         res = model.base_model(input_ids=ids, past_key_values=past, output_hidden_states=True, use_cache=shared > 0)
         last = [h[0, -1].float().cpu() for h in res.hidden_states[:-1]] + [captured[-1][0]]
         twin_out[i] = torch.stack(last)
-
