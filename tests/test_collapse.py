@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_lm import tiny  # noqa: F401  (the tiny-model fixture)
 
-from cgar_src.analysis import collapse
+from cgar_src.analysis import collapse, stats
 from cgar_src.analysis.stats import wilson
 from cgar_src.lm import Unembed
 
@@ -78,8 +78,10 @@ def test_majority_summary_on_known_counts():
     labels = torch.tensor([0, 1, 1, 1, 2])
     pool = torch.tensor([2, 2, 2, 0])
     m = collapse.majority_summary(labels, pool, ["a", "b", "c"])
-    assert m["majority_label"] == "b" and m["query_class_shares"] == pytest.approx([0.2, 0.6, 0.2])
-    assert m["queries"] == list(wilson(3, 5)) and m["pool"] == list(wilson(1, 5))
+    # the baseline answers the pool's majority "c" (1 of 5 queries); the queries' own "b" is hindsight, shown only
+    assert m["majority_label"] == "c" and m["pool"] == list(wilson(1, 5))
+    assert m["queries_majority_label"] == "b" and m["queries"] == list(wilson(3, 5))
+    assert m["query_class_shares"] == pytest.approx([0.2, 0.6, 0.2])
     with pytest.raises(ValueError, match="label_words"):
         collapse.majority_summary(labels, pool, ["a", "b"])
 
@@ -94,7 +96,8 @@ def test_last_layer_table_lines_and_summary():
     assert lines[1].split()[:4] == ["sst2", "zero-shot", "500.0", "0.150"]
     assert lines[2].rstrip().endswith("-")                 # 1-shot is not calibrated
     assert "1-shot random" in lines[3]
-    assert "always 'negative' (majority of these queries)" in lines[4] and "always 'positive'" in lines[4]
+    assert "majority answer: always 'positive' (majority of the demonstration pool)" in lines[4]
+    assert "in hindsight, always 'negative'" in lines[4]
     assert set(summary) == {"sst2_0", "sst2_1", "sst2_random", "sst2_majority"}
 
 
@@ -112,47 +115,73 @@ def effect_curves(P: int = 40, mass_gain: float = 0.6, random_gain: float = 0.6)
 
 def test_shot_effect_detects_a_collapse_and_the_format_only_case():
     labels = torch.tensor([0, 1] * 20)
-    e = collapse.shot_effect(effect_curves(), labels, shots=[0, 1], random_label_shots=1, seed=0)
-    assert e.mass_change[0] == pytest.approx(0.6, abs=1e-6) and e.mass_change[1] > 0
-    assert e.log_n_eff_change[0] == pytest.approx(-math.log(50), abs=1e-5)
-    assert e.true_minus_random_mass[0] == pytest.approx(0, abs=1e-6)
+    pool = torch.tensor([1, 1, 0])                           # the pool's majority answers the odd queries only
+    e = collapse.shot_effect(effect_curves(), labels, pool, shots=[0, 1], random_label_shots=1, seed=0)
+    assert e.mass_change.diff == pytest.approx(0.6, abs=1e-6) and e.mass_change.n_pos == 40
+    assert e.mass_change.p_value == pytest.approx(2 * 0.5 ** 40) and e.mass_change.better
+    assert e.log_n_eff_change.diff == pytest.approx(-math.log(50), abs=1e-5) and e.log_n_eff_change.worse
+    assert e.true_minus_random_mass.diff == pytest.approx(0, abs=1e-6)
+    assert e.true_minus_random_mass.p_value == 1.0          # every query a tie: no direction at all
     v = e.verdict()
-    assert v["collapse"] and v["onto_label_set"] and v["format_only"]
+    assert v["collapse"] and v["onto_label_set"] and not v["random_more"] and not v["true_more"]
     assert v["beats_restricted"] and v["beats_majority"]    # 1-shot answers every query, the baselines half
+    assert e.accuracy["kmax_vs_majority"].n_a_only == 20     # the pool majority (class 1) is right on the odd half
     # the label-restricted accuracy flips from the even to the odd queries: a step that is not real either way
     assert not v["more_shots_worse"] and e.steps["0_to_1"].diff == 0
     assert set(e.accuracy) == {"kmax_vs_restricted0", "kmax_vs_majority", "kmax_vs_calibrated0"}
     lines = e.lines("sst2")
     assert lines[0].startswith("sst2: 1-shot minus zero-shot: label mass +0.600") and lines[0].endswith("collapse real")
+    assert "sign test p = " in lines[0] and "sign test p = 1" in lines[1]
     assert len(lines) == 2 + 3 + 1
     glued = e.glue_values("sst2")
     assert glued["sst2_dmass"].startswith("+0.600 [") and glued["sst2_shot_steps"].startswith("0 to 1 shots +0.000")
     assert set(e.record()) >= {"label_mass_change", "log_n_eff_change", "label_restricted_shot_steps"}
+    assert e.record()["label_mass_change"]["test"] == "sign" and e.record()["kmax_vs_majority"]["test"] == "McNemar"
+    tests = e.ledger_tests("sst2")
+    assert [(t["row"], t["role"]) for t in tests] == [
+        ("collapse", "mass_change"), ("collapse", "log_n_eff_change"), ("collapse", "true_minus_random"),
+        ("collapse_accuracy", "vs_restricted"), ("collapse_accuracy", "shot_step")]
+    assert tests[0]["kmax_label_mass"] == pytest.approx(e.kmax_mass) and all(t["setting"] == "sst2" for t in tests)
+    assert tests[0]["p_value"] == e.mass_change.p_value and tests[3]["test"] == "McNemar"
 
 
 def test_shot_effect_partial_collapse_and_true_labels_that_matter():
     e = collapse.shot_effect(effect_curves(mass_gain=0.3, random_gain=0.1), torch.tensor([0, 1] * 20),
-                             shots=[0, 1], random_label_shots=1)
+                             torch.tensor([0, 1]), shots=[0, 1], random_label_shots=1)
     v = e.verdict()
-    assert v["collapse"] and not v["onto_label_set"] and not v["format_only"]
+    assert v["collapse"] and not v["onto_label_set"] and v["true_more"] and not v["random_more"]
+    # random labels that concentrate more: the reverse, a real effect of the other sign
+    r = collapse.shot_effect(effect_curves(mass_gain=0.3, random_gain=0.5), torch.tensor([0, 1] * 20),
+                             torch.tensor([0, 1]), shots=[0, 1], random_label_shots=1).verdict()
+    assert r["random_more"] and not r["true_more"]
+
+
+def test_collapse_verdict_needs_both_tests():
+    up, down, flat = stats.sign_test(torch.ones(10)), stats.sign_test(-torch.ones(10)), stats.sign_test(torch.zeros(10))
+    assert collapse.collapse_verdict(up, down, 0.6) == {"collapse": True, "onto_label_set": True}
+    assert collapse.collapse_verdict(up, down, 0.4)["onto_label_set"] is False
+    assert collapse.collapse_verdict(up, flat, 0.9)["collapse"] is False
+    assert collapse.collapse_verdict(flat, down, 0.9, down) == {"collapse": False, "onto_label_set": False,
+                                                                 "random_more": True, "true_more": False}
+    assert collapse.accuracy_verdict(up, [flat, down]) == {"beats_restricted": True, "more_shots_worse": True}
 
 
 def test_shot_effect_names_missing_prompt_sets():
     c = effect_curves()
     del c["random"]
     with pytest.raises(ValueError, match="random"):
-        collapse.shot_effect(c, torch.tensor([0, 1] * 20), shots=[0, 1], random_label_shots=1)
+        collapse.shot_effect(c, torch.tensor([0, 1] * 20), torch.tensor([0, 1]), shots=[0, 1], random_label_shots=1)
 
 
 def test_verdict_values_name_the_datasets():
-    v = {"sst2": dict(collapse=True, onto_label_set=True, format_only=True, beats_restricted=False,
+    v = {"sst2": dict(collapse=True, onto_label_set=True, random_more=True, true_more=False, beats_restricted=False,
                       beats_majority=True, more_shots_worse=False),
-         "trec": dict(collapse=True, onto_label_set=False, format_only=True, beats_restricted=False,
+         "trec": dict(collapse=True, onto_label_set=False, random_more=True, true_more=False, beats_restricted=False,
                       beats_majority=False, more_shots_worse=True)}
     out = collapse.verdict_values(v)
     assert out["verdict"] == ("supported on sst2; only partly on trec (real, but the label set keeps less than half "
                               "the mass)")
-    assert out["format_only"] == "sst2, trec" and out["beats_restricted"] == "none"
+    assert out["random_more"] == "sst2, trec" and out["true_more"] == "none" and out["beats_restricted"] == "none"
     assert out["beats_majority"] == "sst2" and out["more_shots_worse"] == "trec"
     none = {ds: dict(d, collapse=False, onto_label_set=False) for ds, d in v.items()}
     assert collapse.verdict_values(none)["verdict"] == "not reproduced on this model"
@@ -162,7 +191,7 @@ def test_headline_values_round_as_the_text_shows():
     row = lambda n, m, a: dict(median_n_eff=n, label_mass=m, accuracy_correct=[a, 0, 1], accuracy_restricted=[a, 0, 1])
     summary = {"x_0": row(730.04, 0.1071, 0.46), "x_1": row(3.86, 0.9034, 0.7), "x_2": row(2.04, 0.95, 0.8),
                "x_random": row(3.21, 0.9241, 0.66),
-               "x_majority": dict(queries=[0.5104, 0, 1], majority_label="neg")}
+               "x_majority": dict(pool=[0.5104, 0, 1], majority_label="neg", queries=[0.9, 0, 1])}
     out = collapse.headline_values(summary, ["x"], shots=[0, 1, 2], random_label_shots=1)
     assert out["x_zero"] == 730.0 and out["x_icl"] == 2.0 and out["x_mass"] == 0.95 and out["x_true1_mass"] == 0.903
     assert out["x_acc1"] == 0.7 and out["x_acckmax"] == 0.8 and out["x_majority"] == 0.51 and out["kmax"] == 2

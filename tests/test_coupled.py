@@ -21,7 +21,8 @@ def test_coupled_grid_at_zero_coupling_is_the_zero_shot_decode(tiny):
     h0, h1, cf = states(seed=0), states(seed=1), states(seed=2)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     g = coupled.coupled_grid(un, h0, h1, labels, LABEL_IDS, k=1, lambdas=LAMBDAS, context_layers=[1, 3],
-                             query_layers=[2, 3], generator=torch.Generator().manual_seed(0), h_cf=cf, h_cf_zero=cf)
+                             query_layers=[2, 3], generator=torch.Generator().manual_seed(0), pool=torch.tensor([2, 2, 1]),
+                             h_cf=cf, h_cf_zero=cf)
     P = len(labels)
     assert g.acc_all.shape == (P, 2, 2, 3) and g.alone.shape == (2, P)
     assert all(g.acc[n].shape == (P, 2, 3) and g.mass[n].shape == (P, 2, 3) for n in coupled.VECTORS)
@@ -35,6 +36,7 @@ def test_coupled_grid_at_zero_coupling_is_the_zero_shot_decode(tiny):
     assert torch.equal(g.base["zero-shot, label-restricted"], (z[:, LABEL_IDS].argmax(-1) == labels).double())
     assert set(g.base) == {"zero-shot", "zero-shot, label-restricted", "1-shot prompting", "majority answer",
                            "zero-shot, calibrated", "1-shot, calibrated"}
+    assert torch.equal(g.base["majority answer"], (labels == 2).double())   # the pool's majority class 2
     c_bar = (h1 - h0).mean(0)
     alone = lens.decode_stats(un, c_bar[[1, 3]], LABEL_IDS).argmax
     assert torch.equal(g.alone, (alone[:, None] == torch.tensor(LABEL_IDS)[labels][None]).double())
@@ -44,7 +46,7 @@ def test_coupled_grid_at_zero_coupling_is_the_zero_shot_decode(tiny):
 def test_coupled_grid_checks_its_inputs(tiny):
     un = Unembed(tiny.model)
     h, labels, gen = states(), torch.zeros(8, dtype=torch.long), torch.Generator()
-    kw = dict(k=1, lambdas=LAMBDAS, context_layers=[1], generator=gen)
+    kw = dict(k=1, lambdas=LAMBDAS, context_layers=[1], generator=gen, pool=torch.tensor([0]))
     with pytest.raises(ValueError, match="final layer 3"):
         coupled.coupled_grid(un, h, h, labels, LABEL_IDS, query_layers=[2], **kw)
     with pytest.raises(ValueError, match="h_icl"):
@@ -78,16 +80,21 @@ def test_best_setting_finds_the_constructed_optimum():
                                 "label-prior vector, its best (c:20, lambda 10)", "random vector, same setting",
                                 "c_bar alone (lambda -> infinity), c:25"]
     assert all(c.better for c in s.paired.values()) and s.paired["vs_label_prior"].diff == 0.5
+    assert s.best_simple == "zero-shot, label-restricted"          # ties at 0.5: the first listed of the best
+    assert torch.equal(s.rows[s.best_simple], g.base["zero-shot, label-restricted"])
     rec = s.record()
     assert rec["best_context_layer"] == 25 and rec["best_lambda"] == 1.0 and rec["label_prior_best"] == [20, 10.0]
     assert rec["accuracy"]["label-prior vector, its best (c:20, lambda 10)"] == list(wilson(10, 20))
     assert rec["accuracy_at_largest_lambda"] == 0.0
     lines = s.lines("sst2")
-    assert lines[0] == "sst2, 1 demonstration(s) per class" and len(lines) == 1 + 9 + 4
+    assert lines[0] == "sst2, 1 demonstration(s) per class" and len(lines) == 1 + 9 + 5
+    assert lines[-1].startswith("  paired, c_bar best vs best simple (zero-shot, label-restricted): +0.500")
+    assert rec["paired"]["vs_majority"]["test"] == "McNemar" and rec["strongest_simple_baseline"] == s.best_simple
     g1, gmax = s.glue_values("sst2", "k1"), s.glue_values("sst2", "kmax")
     assert g1["sst2_k1_add"] == 1.0 and g1["sst2_k1_prior"] == 0.5 and g1["sst2_k1_ctrl"] == 0.0
     assert g1["sst2_k1_rand_max"] == 0.0 and g1["sst2_k1_vs_majority"] == str(s.paired["vs_majority"])
     assert set(gmax) == {k.replace("_k1_", "_kmax_") for k in g1} - {"sst2_kmax_ctrl", "sst2_kmax_rand_max"}
+    assert g1["sst2_k1_best_simple"] == "zero-shot, label-restricted"
     assert g.concentrates()
 
 
@@ -107,4 +114,23 @@ def test_verdict_values_follow_the_ladder():
     assert out["verdict"] == "supported on sst2 k=1; not reproduced on trec k=1"
     assert out["beats_majority"] == "sst2 (1-shot)" and out["concentrates"] == "sst2 (1-shot)"
     assert out["loses_prompting"] == "none"
-    assert not weak_grid.concentrates()
+    assert out["verdict_detail"].startswith("sst2 (1-shot): supported, better than the label-prior vector")
+    assert "trec (1-shot): not reproduced, no better than the majority answer" in out["verdict_detail"]
+
+
+def test_verdict_is_decided_against_the_strongest_simple_baseline():
+    g = constructed_grid(P=60)           # majority answer: the even queries (30); label-prior vector: the first 30
+    g.base["zero-shot, calibrated"] = torch.ones(60, dtype=torch.float64)   # a simple baseline that is always right
+
+    def with_misses(n_miss: int) -> coupled.BestSetting:
+        g.acc["c_bar"][:, 1, 1] = 1
+        g.acc["c_bar"][torch.arange(n_miss) * 2, 1, 1] = 0         # c_bar misses n_miss even queries
+        return coupled.best_setting(g, context_layers=[20, 25], lambdas=[0.1, 1.0, 10.0])
+
+    s = with_misses(2)      # against the always-right baseline: 0 vs 2 discordant queries, McNemar p = 0.5
+    assert s.best_simple == "zero-shot, calibrated" and s.paired["vs_label_prior"].better
+    assert coupled.verdict_of(s) == "partly" and "but indistinguishable from the strongest" in coupled.reason_of(s)
+    s = with_misses(7)      # 0 vs 7: p = 2 / 128, a real loss, though it still beats the prior and the majority
+    assert s.paired["vs_majority"].better and s.paired["vs_label_prior"].better and s.paired["vs_restricted"].better
+    assert coupled.verdict_of(s) == "below a simple baseline"
+    assert "but worse than the strongest simple baseline, zero-shot, calibrated" in coupled.reason_of(s)

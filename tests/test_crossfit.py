@@ -11,8 +11,8 @@ from cgar_src.analysis.steering import folds_of
 from cgar_src.lm import Unembed
 
 GRIDS = {"dense": {"beta": [0.5, 1.0, 2.0], "lam": [0.0, 0.5, 2.0]},
-         "gated": {"alpha": [0.3, 1.0, 3.0], "beta": [0.5, 1.0, 2.0], "lam": [0.0, 1.0, 4.0]}}
-FRACTIONS = [0.25, 1.0]
+         "gated": {"alpha": [0.3, 1.0, 3.0, 1e4], "beta": [0.5, 1.0, 2.0], "kappa": [0.0, 0.5, 2.0]}}
+FP_GRID = {"alpha": [0.3, 1.0], "beta": [0.5, 1.0], "lam": [0.25, 1.0, 2.0]}   # bounds 0.016 to 6.7: both regions
 LABEL_IDS = [3, 7, 11]
 TRUTH = {"beta": 1.0, "lam": 0.5}                       # the dense model that generates the target
 
@@ -28,7 +28,7 @@ def synthetic(P=40, V=60, seed=0):
 
 
 def run(s_q, target, s_c, labels, folds):
-    return crossfit.evaluate(s_q, target, s_c, labels, LABEL_IDS, folds, GRIDS, FRACTIONS)
+    return crossfit.evaluate(s_q, target, s_c, labels, LABEL_IDS, folds, GRIDS, FP_GRID)
 
 
 def test_layer_tags():
@@ -73,8 +73,15 @@ def test_evaluate_recovers_the_generating_model():
     s_q, target, s_c, labels = synthetic()
     folds = folds_of(s_q.shape[0], 2, seed=0)
     ev = run(s_q, target, s_c, labels, folds)
-    assert set(ev.fits) == set(gf.MODELS) and set(ev.per_query) == set(gf.MODELS)
+    assert list(ev.fits) == list(crossfit.FITTED) and list(ev.per_query) == list(crossfit.FITTED)
     assert ev.fits["dense"].params == [TRUTH, TRUTH]
+    # past the dense limit (alpha = 1e4 here) the gate is the dense model at kappa = lambda / alpha: it fits as well
+    assert bool((ev.alpha_dense < 1e4).all())
+    assert ev.per_query["gated"]["kl"].abs().max() < 1e-4
+    assert all(p["alpha"] == 1e4 and p["lam"] == pytest.approx(0.5e4) for p in ev.fits["gated"].params)
+    # the fixed point on its own grid: one fit inside the contraction region, one outside it
+    assert all(b < 1 for b in ev.fits["fixed_point"].extra["bound"])
+    assert all(b >= 1 for b in ev.fits["fixed_point_out"].extra["bound"])
     assert ev.per_query["dense"]["kl"].abs().max() < 1e-4           # float32 grids: zero up to round-off
     assert ev.per_query["dense"]["agree"].min() == 1.0
     assert ev.per_query["zero_shot"]["kl"].mean() > 0.05             # the context matters in these data
@@ -86,7 +93,7 @@ def test_evaluate_recovers_the_generating_model():
     for fit, held in folds:
         c = majority_class(labels[fit])
         assert torch.equal(ev.per_query["prior"]["correct_majority"][held], (labels[held] == c).double())
-    assert ev.support_by_alpha.shape == (3, s_q.shape[0])
+    assert ev.support_by_alpha.shape == (4, s_q.shape[0])
     assert torch.equal(ev.support_by_alpha, gf.support_sizes(s_c, GRIDS["gated"]["alpha"]))
 
 
@@ -102,11 +109,19 @@ def test_evaluate_theory_quantities():
         assert torch.equal(th["support"][held], st.support.double())
         assert torch.equal(th["delta_gate"][held], st.delta_gate.double())
     assert bool(((th["one_hot"] == 1) == (th["support"] == 1)).all())
-    assert bool((th["n_converged"] <= th["n_starts"]).all()) and bool((th["n_distinct"] <= th["n_converged"]).all())
-    fp = ev.fits["fixed_point"]
-    for f, bound in enumerate(fp.extra["bound"]):              # below the contraction bound: one fixed point
-        if bound < 1:
-            assert bool((th["n_distinct"][fp.fold == f] == 1).all())
+    for sfx in ("", "_out"):
+        assert bool((th["n_converged" + sfx] <= th["n_starts"]).all())
+        assert bool((th["n_distinct" + sfx] <= th["n_converged" + sfx]).all())
+    # inside the contraction region every start converges to the one fixed point (Theorem thm-fixed-point)
+    assert bool((th["n_distinct"] == 1).all()) and bool((th["n_converged"] == th["n_starts"]).all())
+    # the multi-start count runs at each fold's fitted fixed point: the first-order start is the fit's own solution
+    for m in ("fixed_point", "fixed_point_out"):
+        fit = ev.fits[m]
+        for f, (_, held) in enumerate(folds):
+            d = fit.params[f]
+            lp, _ = gf.log_probs_fixed_point(s_q[held], s_c[held], d["alpha"], d["beta"], d["lam"], tol=1e-9,
+                                             max_iter=300)
+            assert torch.allclose(fit.kl[held], gf.kl(target[held], lp), atol=1e-6)
 
 
 def test_no_fold_is_fitted_on_its_own_held_out_queries():
@@ -119,7 +134,7 @@ def test_no_fold_is_fitted_on_its_own_held_out_queries():
     target_b[held] = torch.log_softmax(5 * torch.randn(len(held), s_q.shape[1], generator=g, dtype=torch.float64), -1)
     labels_b[held] = (labels[held] + 1) % len(LABEL_IDS)
     b = run(s_q, target_b, s_c, labels_b, folds)
-    for m in gf.MODELS:                              # fold 0 is fitted on the other half only: nothing moves
+    for m in crossfit.FITTED:                        # fold 0 is fitted on the other half only: nothing moves
         assert a.fits[m].params[0] == b.fits[m].params[0], m
         assert torch.equal(a.fits[m].argmax[held], b.fits[m].argmax[held]), m
     other = folds[1][1]                              # fold 1 is fitted on the changed half: its scores move
@@ -135,10 +150,17 @@ def test_evaluate_rejects_bad_input():
     with pytest.raises(ValueError, match="labels"):
         run(s_q, target, s_c, labels[:5], folds)
     with pytest.raises(ValueError, match="label_ids"):
-        crossfit.evaluate(s_q, target, s_c, labels, [3, 7, 99], folds, GRIDS, FRACTIONS)
+        crossfit.evaluate(s_q, target, s_c, labels, [3, 7, 99], folds, GRIDS, FP_GRID)
     with pytest.raises(ValueError, match="labels reach"):
-        crossfit.evaluate(s_q, target, s_c, labels, [3, 7], folds, GRIDS, FRACTIONS)
+        crossfit.evaluate(s_q, target, s_c, labels, [3, 7], folds, GRIDS, FP_GRID)
     with pytest.raises(ValueError, match="grids"):
-        crossfit.evaluate(s_q, target, s_c, labels, LABEL_IDS, folds, {"dense": GRIDS["dense"]}, FRACTIONS)
+        crossfit.evaluate(s_q, target, s_c, labels, LABEL_IDS, folds, {"dense": GRIDS["dense"]}, FP_GRID)
+    with pytest.raises(ValueError, match=r"grid\['kappa'\]"):
+        crossfit.evaluate(s_q, target, s_c, labels, LABEL_IDS, folds,
+                          {"dense": GRIDS["dense"], "gated": dict(GRIDS["gated"], kappa=[-1.0])}, FP_GRID)
+    with pytest.raises(ValueError, match="fixed_point_grid must hold points inside"):
+        crossfit.evaluate(s_q, target, s_c, labels, LABEL_IDS, folds, GRIDS, dict(FP_GRID, lam=[0.1]))
+    with pytest.raises(ValueError, match=r"fixed_point_grid\['lam'\]"):
+        crossfit.evaluate(s_q, target, s_c, labels, LABEL_IDS, folds, GRIDS, dict(FP_GRID, lam=[0.0, 2.0]))
     with pytest.raises(ValueError, match="folds"):
         run(s_q, target, s_c, labels, [(torch.arange(5), torch.arange(5))])

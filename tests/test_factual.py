@@ -153,6 +153,16 @@ def test_bidirectional_at_some_couplings_only():
     out = factual.compare_methods(s).bidirectional()
     assert out["verdict"] == "reproduced only at λ = 1 of the couplings tested (1, 2)"
     assert out["toward"] == [1.0, 2.0] and out["away"] == [1.0]
+    tests = factual.compare_methods(s).ledger_tests()
+    assert [(t["setting"], t["role"]) for t in tests] == [("lambda 1", "toward"), ("lambda 1", "away"),
+                                                          ("lambda 2", "toward"), ("lambda 2", "away")]
+    assert all(t["row"] == "factual" and t["test"] == "McNemar" for t in tests)
+    assert tests[3]["name"] == "negative steering, lambda 2 - zero-shot (neutral)" and tests[3]["p_value"] == 1.0
+
+
+def test_bidirectional_verdict_needs_matching_couplings():
+    with pytest.raises(ValueError, match="same couplings"):
+        factual.bidirectional_verdict({1.0: None}, {2.0: None})
 
 
 def test_comparison_table_and_sentences():

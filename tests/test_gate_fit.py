@@ -115,17 +115,30 @@ def test_prior_and_zero_shot_cross_fit():
     assert sorted(zs.fold.tolist()) == [0] * 10 + [1] * 10
 
 
-def test_fixed_point_cross_fit_chooses_a_fraction_and_reports_convergence():
-    s_q, s_c = scores(P=30, N=200, seed=6)
-    target = gf.log_probs_fixed_point(s_q, s_c, 1.0, 1.0, 2.0)[0]
-    folds = folds_of(30, 2, seed=0)
-    g = gf.cross_fit("gated", s_q, s_c, target, folds, {"alpha": [1.0], "beta": [1.0], "lam": [4.0]})
-    fp = gf.cross_fit_fixed_point(s_q, s_c, target, folds, g, [0.25, 0.5, 1.0])
-    assert [p["lam"] for p in fp.params] == [2.0, 2.0]
-    assert fp.kl.abs().max() < 1e-7 and bool(fp.extra["converged"].all())
-    assert fp.extra["bound"] == [pytest.approx(2.0), pytest.approx(2.0)]
-    with pytest.raises(ValueError, match="lambda_fractions"):
-        gf.cross_fit_fixed_point(s_q, s_c, target, folds, g, [0.0, 1.0])
+def test_kappa_grid_equals_direct_kl_up_to_the_dense_limit():
+    """The (alpha, beta, kappa) grid (prefix sums over the columns sorted by s_c) is the direct KL of the gated model
+    at lambda = kappa * alpha at every point, sparse, one-hot and full support alike, with couplings beta * lambda far
+    beyond exp's range; past the dense limit it is the dense model at (beta, kappa)."""
+    s_q, s_c = scores(P=8, N=150, seed=11)
+    target = torch.log_softmax(0.8 * (s_q + 0.5 * s_c), -1)
+    a_dense = float(gf.dense_limit_alpha(s_c).max())
+    grid = {"alpha": [0.05, 1.0, 30.0, a_dense, 1e3 * a_dense], "beta": [0.5, 0.8], "kappa": [0.0, 0.5, 4.0, 64.0]}
+    axes, per_query = gf.kl_grid("gated", s_q, s_c, target, grid)
+    assert per_query.shape == (5, 2, 4, 8)
+    for a, alpha in enumerate(grid["alpha"]):
+        for b, beta in enumerate(grid["beta"]):
+            for c, kappa in enumerate(grid["kappa"]):
+                direct = gf.kl(target, gf.log_probs_gated(s_q, s_c, alpha, beta, kappa * alpha))
+                assert torch.allclose(per_query[a, b, c], direct, atol=1e-8, rtol=1e-9), (alpha, beta, kappa)
+    dense = gf.kl_grid("dense", s_q, s_c, target, {"beta": grid["beta"], "lam": grid["kappa"]})[1]
+    assert torch.allclose(per_query[-1], dense, atol=1e-7) and torch.allclose(per_query[-2], dense, atol=1e-7)
+    assert per_query[-1, 1, 1].abs().max() < 1e-9            # the target is the dense model at (0.8, 0.5)
+    fit = gf.fit_grid("gated", s_q, s_c, target, grid)
+    assert fit.params["beta"] == 0.8 and fit.params["lam"] == pytest.approx(0.5 * fit.params["alpha"])
+    assert fit.params["alpha"] >= a_dense and fit.index[1:] == (1, 1)
+    cf = gf.cross_fit("gated", s_q, s_c, target, folds_of(8, 2, seed=0), grid)
+    assert cf.extra["axes"]["kappa"] == grid["kappa"] and len(cf.extra["index"]) == 2
+    assert cf.kl.abs().max() < 1e-8
 
 
 def test_gate_stats_phase_transition_and_delta_gate():
@@ -179,6 +192,8 @@ def test_validation_names_the_parameter():
         gf.log_probs_dense(s_q, s_c, 1.0, -1.0)
     with pytest.raises(ValueError, match="grid of gated"):
         gf.kl_grid("gated", s_q, s_c, t, {"beta": [1.0], "lam": [1.0]})
+    with pytest.raises(ValueError, match=r"grid\['kappa'\]"):
+        gf.kl_grid("gated", s_q, s_c, t, {"alpha": [1.0], "beta": [1.0], "kappa": [-0.5]})
     with pytest.raises(ValueError, match=r"grid\['alpha'\]"):
         gf.kl_grid("gated", s_q, s_c, t, {"alpha": [-1.0], "beta": [1.0], "lam": [1.0]})
     with pytest.raises(ValueError, match="log-probabilities"):
@@ -205,3 +220,35 @@ def test_support_sizes_in_closed_form_match_the_gate():
     with pytest.raises(ValueError, match="alphas"):
         gf.support_sizes(s_c, [])
 
+
+
+def test_fixed_point_grid_matches_the_full_solver_and_splits_the_regions():
+    s_q, s_c = scores(P=20, N=300, seed=9)
+    target = torch.log_softmax(s_q + 0.3 * s_c, -1)
+    grid = {"alpha": [0.3, 1.0], "beta": [0.5, 1.0], "lam": [0.5, 2.0, 4.0]}
+    fg = gf.fixed_point_grid(s_q, s_c, target, grid, tol=1e-12, max_iter=3000)
+    assert fg.columns < 300                                   # the reduced problem is smaller than the vocabulary
+    for a, alpha in enumerate(grid["alpha"]):
+        for b, beta in enumerate(grid["beta"]):
+            for c, lam in enumerate(grid["lam"]):
+                lp, fp = gf.log_probs_fixed_point(s_q, s_c, alpha, beta, lam, tol=1e-12, max_iter=3000)
+                both = fp.converged & fg.converged[a, b, c]
+                assert int(both.sum()) >= 15
+                assert torch.allclose(gf.kl(target, lp)[both], fg.kl[a, b, c][both], atol=1e-9)
+                assert torch.equal(lp.argmax(-1)[both], fg.argmax[a, b, c][both])
+                assert fg.bound[a, b, c] == pytest.approx(beta * lam**2 / (2 * alpha))
+    cf = gf.cross_fit_fixed_point_grid(s_q, s_c, target, folds_of(20, 2, seed=0), grid, tol=1e-12, max_iter=3000)
+    assert set(cf) == set(gf.REGIONS)
+    assert all(b < 1 for b in cf["inside"].extra["bound"]) and all(b >= 1 for b in cf["outside"].extra["bound"])
+    for region, fit in cf.items():
+        for f, (rows, held) in enumerate(folds_of(20, 2, seed=0)):
+            best = fit.params[f]
+            a, b, c = (grid[k].index(best[k]) for k in ("alpha", "beta", "lam"))
+            inside = fg.bound < 1 if region == "inside" else fg.bound >= 1
+            assert float(fg.kl[a, b, c][rows].mean()) == pytest.approx(float(fg.kl[..., rows].mean(-1)[inside].min()))
+            assert torch.equal(fit.kl[held], fg.kl[a, b, c][held])
+    with pytest.raises(ValueError, match="outside the contraction region"):
+        gf.cross_fit_fixed_point_grid(s_q, s_c, target, folds_of(20, 2, seed=0),
+                                      {"alpha": [1.0], "beta": [1.0], "lam": [0.5]})
+    with pytest.raises(ValueError, match="grid of the fixed point"):
+        gf.fixed_point_grid(s_q, s_c, target, {"alpha": [1.0], "beta": [1.0]})

@@ -5,7 +5,8 @@ import torch
 from test_crossfit import run, synthetic
 
 from cgar_src.analysis import gate_report as gr
-from cgar_src.analysis.stats import compare
+from cgar_src.analysis.gate_fit import CrossFit
+from cgar_src.analysis.stats import compare, paired_from_record, sign_test
 from cgar_src.analysis.steering import folds_of
 
 P = 100
@@ -19,26 +20,31 @@ def per_query(kl_gap: float, gate_agree: float, dense_agree: float) -> dict:
     return {"gated": {"kl": base, "agree": agree(gate_agree), "correct": agree(0.5)},
             "dense": {"kl": base + kl_gap + 0.01 * torch.randn(P, generator=g, dtype=torch.float64),
                       "agree": agree(dense_agree), "correct": agree(0.5)},
-            "fixed_point": {"kl": base + 1.0, "agree": agree(0.1), "correct": agree(0.1)}}
+            "fixed_point": {"kl": base + 1.0, "agree": agree(0.1), "correct": agree(0.1)},
+            "fixed_point_out": {"kl": base - 0.2, "agree": agree(0.1), "correct": agree(0.1)}}
 
 
 def test_gate_vs_dense_known_answers():
     p = gr.gate_vs_dense(per_query(0.5, 1.0, 0.3))
-    assert p.kl_reduction[0] == pytest.approx(0.5, abs=0.01) and p.kl_winner == "gate"
-    assert p.agree.diff == pytest.approx(0.7) and p.agree_winner == "gate"
+    assert p.kl_reduction.diff == pytest.approx(0.5, abs=0.01) and p.kl_winner == "gate"
+    assert p.kl_reduction.test == "sign" and p.kl_reduction.n_pos == P and p.kl_reduction.p_value < 1e-20
+    assert p.agree.diff == pytest.approx(0.7) and p.agree_winner == "gate" and p.agree.test == "McNemar"
     assert p.accuracy.diff == 0 and p.accuracy_winner == "tie"
-    assert p.fixed_point_kl_reduction[0] == pytest.approx(-1.0)
+    assert p.fixed_point_kl_reduction.diff == pytest.approx(-1.0) and p.fixed_point_kl_reduction.worse
+    assert p.fixed_point_out_kl_reduction.diff == pytest.approx(0.2) and p.fixed_point_out_kl_reduction.better
     p = gr.gate_vs_dense(per_query(-0.5, 0.3, 1.0))
     assert p.kl_winner == "dense" and p.agree_winner == "dense"
     with pytest.raises(ValueError, match="fixed_point"):
         gr.gate_vs_dense({k: v for k, v in per_query(0.5, 1, 1).items() if k != "fixed_point"})
 
 
-@pytest.mark.parametrize("ci, want", [((0.1, 0.05, 0.15), "gate"), ((-0.1, -0.2, -0.05), "dense"),
-                                      ((0.1, -0.05, 0.2), "tie"), ((0.0, 0.0, 0.0), "tie")])
-def test_kl_winner_needs_an_interval_that_excludes_zero(ci, want):
+@pytest.mark.parametrize("diffs, want", [([0.1] * 12, "gate"), ([-0.1] * 12, "dense"), ([0.1] * 6 + [-0.1] * 6, "tie"),
+                                         ([0.0] * 12, "tie"), ([0.1] * 5, "tie"),      # 5 of 5: p = 0.0625, not real
+                                         ([-0.01] * 12 + [5.0] * 2, "dense")])          # the sign test counts queries
+def test_kl_winner_is_the_exact_sign_test(diffs, want):
     same = compare(torch.ones(4), torch.ones(4))
-    assert gr.GateVsDense(ci, same, same, ci).kl_winner == want
+    t = sign_test(torch.tensor(diffs))
+    assert gr.GateVsDense(t, same, same, t, t).kl_winner == want
 
 
 def test_tally_and_overall_verdict():
@@ -91,29 +97,76 @@ def test_model_table_text_glue_and_summary(results):
     g = t.glue_values()
     assert g["x_last_kl_dense"] == f"{t.cis['x', 5]['dense']['kl'][0]:.3f}" and float(g["x_last_kl_dense"]) < 1e-3
     assert g["kl_gate"] == "0 of 2" and g["verdict"] == t.verdict and g["verdict"].startswith("not reproduced")
-    assert {f"y_last_{k}" for k in ("dkl", "dagree", "dacc", "dkl_fp", "acc_icl")} <= set(g)
+    assert {f"y_last_{k}" for k in ("dkl", "dagree", "dacc", "dkl_fp", "dkl_fp_out", "acc_icl")} <= set(g)
+    assert g["x_last_dkl"] == str(t.paired["x", 5].kl_reduction) and "sign test p = " in g["x_last_dkl"]
     s = t.summary()
     assert s["x/5"]["dense"]["params"] == results["x", 5].fits["dense"].params
     assert s["verdicts"] == t.verdicts and set(s["x/5"]) == set(gr.MODEL_NAMES) | {"in-context (target)",
                                                                                     "gate_minus_dense"}
+    assert paired_from_record(s["x/5"]["gate_minus_dense"]["agree"]).n == 30
     with pytest.raises(ValueError, match="layer_tag"):
         gr.model_table(results, {4: "last"})
+
+
+def test_ledger_tests_round_trip(results):
+    t = gr.model_table(results, {5: "last"}, seed=0)
+    tests = t.ledger_tests()
+    assert len(tests) == 2 * len(results)
+    assert {(r["row"], r["role"], r["setting"]) for r in tests} == {
+        ("gate", role, f"{ds} at layer 5") for ds in ("x", "y") for role in ("kl", "agree")}
+    for r in tests:
+        p = t.paired["x", 5] if r["setting"] == "x at layer 5" else t.paired["y", 5]
+        want = p.kl_reduction if r["role"] == "kl" else p.agree
+        assert paired_from_record(r) == want
+        assert r["name"] == ("KL(dense) - KL(gate)" if r["role"] == "kl" else
+                             "agreement with the in-context argmax, gate - dense")
+
+
+def test_grid_edges():
+    fit = CrossFit("gated", torch.zeros(2), torch.zeros(2), torch.zeros(2),
+                   extra={"axes": {"alpha": [1.0, 10.0, 100.0], "beta": [0.5, 1.0], "kappa": [0.0, 1.0, 2.0]},
+                          "index": [(1, 0, 0), (2, 0, 1)]})
+    assert gr.grid_edges(fit) == ["beta = 0.5 (smallest)", "alpha = 100 (largest)"]   # kappa = 0 is no edge
+    fit.extra["index"] = [(1, 1, 1)]
+    assert gr.grid_edges(fit) == ["beta = 1 (largest)"]
+    fit.extra["axes"]["beta"] = [1.0]                                                  # a single value: no edge
+    assert gr.grid_edges(fit) == []
+    with pytest.raises(ValueError, match="grid model"):
+        gr.grid_edges(CrossFit("prior", torch.zeros(2), torch.zeros(2), torch.zeros(2)))
 
 
 def test_theory_table(results):
     t = gr.theory_table(results, {5: "last"})
     tested = sum(b < 1 for r in results.values() for b in r.fits["fixed_point"].extra["bound"])
+    assert tested == 2 * len(results)                      # every inside fit is tested
     assert t.tested == tested and t.passed == tested       # below the bound every fixed point is unique
     row = t.rows["x", 5]
     fits = results["x", 5].fits
     assert row["alpha"] == [p["alpha"] for p in fits["gated"].params]
+    assert row["kappa"] == [p["lam"] / p["alpha"] for p in fits["gated"].params]
     assert row["bound_gated"] == [p["beta"] * p["lam"] ** 2 / (2 * p["alpha"]) for p in fits["gated"].params]
     assert row["support_max"] == int(results["x", 5].theory["support"].max())
+    assert all(b >= 1 for b in row["bound_fixed_point_out"]) and all(b < 1 for b in row["bound_fixed_point"])
+    assert row["fixed_point_out_params"] == [[p["alpha"], p["beta"], p["lam"]] for p in fits["fixed_point_out"].params]
     lines = t.text().split("\n")
-    assert len(lines) == 1 + 2 + 1 and lines[-1].endswith(f"{t.tested} fold-settings, unique in {t.passed}")
+    assert len(lines) == 1 + 2 + 1 + 1 + 2 * 2 + 1 and lines[-1].endswith(f"{t.tested} fold-settings, unique in {t.passed}")
     g = t.glue_values()
     assert g["fp_tested"] == t.tested and g["x_last_support_max"] == row["support_max"]
     assert g["x_last_alpha"] == ", ".join(f"{a:g}" for a in row["alpha"])
+    assert g["x_last_fp_out_params"].count("(") == 2
     s = t.summary()
     assert s["uniqueness_tests"] == {"fold_settings_below_bound": t.tested, "unique_everywhere": t.passed}
     assert all(round(v, 4) == v for v in s["x/5"].values() if isinstance(v, float))
+
+
+def test_edge_report_and_fixed_point_tallies(results):
+    rep = gr.edge_report(results)
+    assert set(rep) == set(gr.GRID_FITS)
+    for m, text in rep.items():
+        hits = [f"{ds} at layer {l}" for (ds, l), r in results.items() if gr.grid_edges(r.fits[m])]
+        assert text == "none" if not hits else all(h in text for h in hits)
+    g = gr.model_table(results, {5: "last"}, seed=0).glue_values()
+    for key in ("fp_gate_closer", "fp_closer", "fp_out_gate_closer", "fp_out_closer"):
+        assert g[key].split(" of ")[1].startswith("2")
+    # the data come from the dense model, which the gate contains: no fixed point is closer than the gate
+    assert g["fp_closer"].startswith("0 of 2") and g["fp_out_closer"].startswith("0 of 2")

@@ -24,7 +24,10 @@ LEXICAL = torch.tensor([1.0] * 60 + [0.0] * 40)
                                                  (None, 2, False), (None, None, False), (0, 1, True)])
 def test_precedes(first, second, want):
     assert precedes(first, second) is want
-    assert Onsets(probe=first, centred=second, raw=None).separability_first is want
+    on = Onsets(probe=first, centred=second, raw=None)
+    assert on.separability_first is want
+    assert on.ordered is (want and second is not None)          # never by default: the vacuous case apart
+    assert on.vacuous is (first is not None and second is None)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])

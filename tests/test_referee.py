@@ -38,11 +38,12 @@ def test_paired_verdicts_known_answers():
             "c": rows_for(0.7, 0.5, {"restricted": 0.8, "calibrated0": 0.8}),   # worse than a simple baseline
             "d": rows_for(0.4, 0.2)}                                        # no better than the majority answer
     v = referee.paired_verdicts(rows, k_shot=1, seed=0)
-    assert v.verdict == {"a": "supported", "b": "label-set prior only", "c": "partly", "d": "not reproduced"}
+    assert v.verdict == {"a": "supported", "b": "label-set prior only", "c": "below a simple baseline",
+                         "d": "not reproduced"}
     assert v.best_simple["a"] == "1-shot prompting"
     assert v.best_simple["c"] == "zero-shot, label-restricted"             # ties: the first listed
-    assert v.why["c"] == ("better than the label-prior vector, but worse than the strongest simple baseline "
-                          "(zero-shot, label-restricted)")
+    assert v.why["c"] == (f"better than the label-prior vector ({v.paired['c', 'label_prior']}), but worse than the "
+                          f"strongest simple baseline, zero-shot, label-restricted ({v.simple('c')})")
     assert v.simple("a").diff == pytest.approx(0.3) and v.paired["b", "label_prior"].diff == 0
     assert v.wins("majority", 1) == ["a", "b", "c"] and v.wins("restricted", -1) == ["c"]
     g = v.glue_values()
@@ -52,11 +53,31 @@ def test_paired_verdicts_known_answers():
     lines = v.text().split("\n")
     assert lines[0] == "a" and len(lines) == 4 * (1 + 8) + 1 and lines[-1] == f"verdict: {v.verdict_text}"
     s = v.summary()
-    assert s["b"]["verdict"] == {"verdict": "label-set prior only", "why": "no better than the label-prior vector"}
+    assert s["b"]["verdict"]["verdict"] == "label-set prior only"
+    assert s["b"]["verdict"]["why"].startswith("better than the majority answer, but no better than the label-prior")
     assert s["a"]["strongest_simple_baseline"]["name"] == "1-shot prompting"
     assert set(s["a"]["paired_vs_additive"]) == set(referee.against(1))
     with pytest.raises(ValueError, match="lacks"):
         referee.paired_verdicts({"a": {referee.ADDITIVE: frac(0.5)}}, k_shot=1)
+    tests = v.ledger_tests()
+    assert len(tests) == 4 * 4 and {t["row"] for t in tests} == {"steering", "label_mapping"}
+    simple_c = next(t for t in tests if t["setting"] == "c" and t["role"] == "vs_best_simple")
+    assert simple_c["baseline"] == "zero-shot, label-restricted" and simple_c["p_value"] == v.simple("c").p_value
+    assert all(t["test"] == "McNemar" for t in tests)
+
+
+def test_a_p_value_just_above_the_level_is_not_a_loss():
+    # 2 queries only the vector gets right, 9 only the baseline: McNemar p = 134 / 2048 = 0.065 > 0.05: neither a
+    # win nor a loss (however the bootstrap interval falls); 2 against 11: p = 184 / 8192 = 0.022, a real loss
+    rows = rows_for(0.5, 0.2)
+    add = frac(0.5)
+    add[[97, 98]] = 1.0
+    rows[referee.ADDITIVE] = add
+    for n_base, (a_only, b_only), loss in ((59, (2, 9), False), (61, (2, 11), True)):
+        rows["zero-shot, label-restricted"] = frac(n_base / P)
+        c = referee.paired_verdicts({"x": rows}, k_shot=1).paired["x", "restricted"]
+        assert (c.n_a_only, c.n_b_only) == (a_only, b_only)
+        assert c.worse is loss and c.real is loss and (c.p_value < 0.05) is loss
 
 
 def test_localisation_of_a_known_context_vector(tiny):
@@ -104,7 +125,8 @@ def test_baseline_rows_on_a_tiny_model(tiny, tmp_path):
                          h_cf=None)
     kw = dict(k_shot=1, lambdas=[0.5, 2.0], context_layers=[1, L], patch_layers=[1, 2], n_folds=2, seed=0,
               cache_root=tmp_path)
-    rows, choices = referee.baseline_rows(tiny, un, ts, rl, h_cf[0, L], **kw)
+    pool = torch.tensor([1, 1, 1, 0])
+    rows, choices = referee.baseline_rows(tiny, un, ts, rl, h_cf[0, L], pool=pool, **kw)
     assert list(rows)[:2] == ["majority answer", "zero-shot"] and referee.ADDITIVE in rows and len(rows) == 12
     assert set(referee.against(1).values()) <= set(rows)
     assert all(r.shape == (8,) and set(r.unique().tolist()) <= {0.0, 1.0} for r in rows.values())
@@ -114,14 +136,15 @@ def test_baseline_rows_on_a_tiny_model(tiny, tmp_path):
     assert torch.equal(rows["norm-matched random vector"], add.control_correct)
     rand = steering.heldout_additive(un, h_zero, h_icl.flip(0), labels, ids, **grid)
     assert torch.equal(rows["additive random-label c_bar (held-out)"], rand.correct)
-    assert torch.equal(rows["majority answer"], baselines.majority_correct(labels))
+    assert torch.equal(rows["majority answer"], (labels == 1).double())      # the pool's majority class
+    assert torch.equal(rows["majority answer"], baselines.majority_correct(labels, reference=pool))
     zero = lens.decode_stats(un, h_zero[:, L], ids)
     assert torch.equal(rows["zero-shot"], zero.correct(ids, labels))
     restricted = baselines.label_restricted_correct(zero.label_logits, labels)
     assert torch.equal(rows["zero-shot, label-restricted"], restricted)
     assert set(choices) == {"additive", "random_label", "label_prior", "task_vector"}
     with pytest.raises(ValueError, match="h_cf"):
-        referee.baseline_rows(tiny, un, rl, rl, h_cf[0, L], **kw)
+        referee.baseline_rows(tiny, un, rl, rl, h_cf[0, L], pool=pool, **kw)
     with pytest.raises(ValueError, match="same queries"):
         short = SimpleNamespace(**{**vars(rl), "h_zero": h_zero[:4], "h_icl": h_icl[:4]})
-        referee.baseline_rows(tiny, un, ts, short, h_cf[0, L], **kw)
+        referee.baseline_rows(tiny, un, ts, short, h_cf[0, L], pool=pool, **kw)

@@ -71,6 +71,7 @@ def test_assess_on_constructed_settings():
     assert a.tests["third"]["probe - bag of words"].diff == pytest.approx(0.4)
     assert a.tests["last"]["probe - centred lens"].diff == 0 and not a.tests["last"]["probe - centred lens"].real
     assert rep.lists["holds"] == ["SST-2 zero-shot"] and rep.lists["ordered"] == ["SST-2 zero-shot"]
+    assert rep.lists["vacuous"] == [] and a.onsets.ordered and not b.onsets.ordered
     assert rep.lists["beats_lex_third"] == ["SST-2 zero-shot"] and rep.lists["beats_lex_last"] == ["SST-2 zero-shot"]
     assert rep.n_constant == 2 and rep.n_settings == 2
     assert rep.verdict_early == "supported only on SST-2 zero-shot" and rep.verdict_order == "in 1 of 2 settings"
@@ -96,6 +97,12 @@ def test_report_text_glue_and_summary():
     assert g["sst2_k0_vs_lex_third"] == str(rep.settings["sst2", 0].tests["third"]["probe - bag of words"])
     s = rep.summary()
     assert s["sst2_k0"]["claim_holds_at_third"] and not s["sst2_k1"]["claim_holds_at_third"]
+    assert s["sst2_k0"]["comparisons"]["third"]["probe - majority"]["test"] == "McNemar"
+    tests = rep.ledger_tests()
+    assert [(t["setting"], t["role"]) for t in tests] == [
+        (n, r) for n in ("SST-2 zero-shot", "SST-2 1-shot") for r in ("vs_bag_of_words", "vs_majority", "vs_centred_lens")]
+    assert all(t["row"] == "separability" for t in tests)
+    assert tests[0]["p_value"] == rep.settings["sst2", 0].tests["third"]["probe - bag of words"].p_value
     assert s["sst2_k0"]["raw_lens_at_third"] == {"n_labels_used": 1, "answer": 1, "answer_share": 1.0, "base_rate": 0.5}
     assert s["sst2_k0"]["onset_probe_vs_bag_of_words_and_majority"] == 2
     assert s["claim_holds_at_third"] == ["SST-2 zero-shot"] and s["verdict"] == rep.verdict
@@ -147,3 +154,17 @@ def test_layer_readouts_on_a_tiny_model(tiny):
         sep.layer_readouts(un, states, cf[:2], labels, ids)
     with pytest.raises(ValueError, match="states"):
         sep.layer_readouts(un, states[:10], cf, labels, ids)
+
+
+def test_a_centred_lens_that_never_qualifies_is_not_counted_as_order():
+    """Chapter 10's vacuous case: the probe has an onset, the centred lens never beats the majority class. The order
+    "separability before alignment" is then not supported (nothing to precede), and is named apart."""
+    never = ones_from(LAYERS)                              # the centred lens never beats the majority class
+    results = {("sst2", 0): readouts(ones_from(2), never, never, ones_from(2)),
+               ("sst2", 1): readouts(ones_from(2), ones_from(5), ones_from(LAYERS), ones_from(2))}
+    rep = sep.assess(results, {"sst2": LEXICAL}, {"sst2": MAJORITY}, third=THIRD, last=LAST, seed=0)
+    assert rep.settings["sst2", 0].onsets.separability_first and not rep.settings["sst2", 0].onsets.ordered
+    assert rep.lists["ordered"] == ["SST-2 1-shot"] and rep.lists["vacuous"] == ["SST-2 zero-shot"]
+    assert rep.verdict_order.startswith("in 1 of 2 settings (in 1 more, SST-2 zero-shot, the centred lens never")
+    g = rep.glue_values()
+    assert g["ordered"] == 1 and g["vacuous"] == 1 and g["vacuous_list"] == "SST-2 zero-shot"

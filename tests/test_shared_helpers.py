@@ -227,7 +227,8 @@ def test_every_index_argument_uses_the_one_check():
                    lambda t: gf.gate_stats(s, 1.0, t),
                    lambda t: cm.top1(X.T[:4], X, t),
                    lambda t: memory.ramsauer_error_bound(X, X.T[:4], t, 1.0)],
-        "labels": [lambda t: baselines.majority_correct(t), lambda t: baselines.label_restricted_correct(s, t)],
+        "labels": [lambda t: baselines.majority_correct(t, reference=t),
+                   lambda t: baselines.label_restricted_correct(s, t)],
         "rows": [lambda t: gf.fit_grid("dense", s, s, torch.log_softmax(s, -1), {"beta": [1.0], "lam": [0.0]}, t)],
     }
     for name, fns in calls.items():

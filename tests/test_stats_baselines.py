@@ -69,11 +69,125 @@ def test_compare_rejects_unpaired_or_non_binary():
 def test_majority_baselines():
     y = torch.tensor([2, 2, 1, 0, 2])
     assert baselines.majority_class(y) == 2
-    assert baselines.majority_correct(y).tolist() == [1, 1, 0, 0, 1]
+    assert baselines.majority_correct(y, reference=y).tolist() == [1, 1, 0, 0, 1]
     # the demonstration pool's prior can differ from the queries' majority
     assert baselines.majority_correct(y, reference=torch.tensor([0, 0, 1])).tolist() == [0, 0, 0, 1, 0]
     with pytest.raises(ValueError, match="labels"):
-        baselines.majority_correct(torch.tensor([0.5, 1.0]))
+        baselines.majority_correct(torch.tensor([0.5, 1.0]), reference=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="reference"):
+        baselines.majority_correct(y, reference=torch.tensor([0.5]))
+    with pytest.raises(TypeError):
+        baselines.majority_correct(y)      # the reference (the pool) is required: no silent hindsight majority
+
+
+def _pair(n_a_only: int, n_b_only: int, n_both: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    a = torch.tensor([1.0] * n_a_only + [0.0] * n_b_only + [1.0] * n_both)
+    b = torch.tensor([0.0] * n_a_only + [1.0] * n_b_only + [1.0] * n_both)
+    return a, b
+
+
+def test_real_means_the_exact_test_rejects_not_the_bootstrap_interval():
+    # 4 queries only A gets right, none only B: the bootstrap interval of the difference excludes 0, but the exact
+    # McNemar p = 2 / 2^4 = 0.125 does not reject; the book calls it not real (chapter 09's case)
+    c = stats.compare(*_pair(4, 0, 96), seed=0)
+    assert c.lo > 0 and c.p_value == pytest.approx(0.125)
+    assert not c.real and not c.better and "indistinguishable" in c.verdict("A", "B")
+    # 6 against 0: p = 2 / 64 = 0.03125 < 0.05 -> real
+    c6 = stats.compare(*_pair(6, 0, 94), seed=0)
+    assert c6.p_value == pytest.approx(2 / 64) and c6.real and c6.better and not c6.worse
+
+
+def test_decision_at_the_boundary_of_alpha():
+    from dataclasses import replace
+    c = stats.compare(*_pair(0, 9), seed=0)
+    assert c.worse and c.direction == -1
+    assert replace(c, p_value=stats.ALPHA).real is False           # rejects only strictly below 0.05
+    assert replace(c, p_value=0.0501).worse is False
+    assert replace(c, p_value=0.0499).worse is True
+
+
+def test_sign_test_on_known_counts():
+    d = torch.tensor([0.3] * 9 + [-0.1] * 1 + [0.0] * 5)          # 9 up, 1 down, 5 ties (dropped)
+    t = stats.sign_test(d)
+    assert (t.n_pos, t.n_neg, t.n) == (9, 1, 15)
+    assert t.p_value == pytest.approx(2 * (1 + 10) / 1024)           # two-sided binomial tail of 9 of 10
+    assert t.real and t.better and t.diff == pytest.approx(d.mean().item())
+    assert t.lo <= t.diff <= t.hi and "sign test p = 0.0215" in str(t)
+    assert stats.sign_test(-d).worse and stats.sign_test(torch.zeros(7)).p_value == 1.0
+    # the direction is the sign count, not the mean: one large negative outlier against many small gains
+    skew = torch.tensor([0.01] * 12 + [-5.0])
+    s = stats.sign_test(skew)
+    assert s.diff < 0 and s.direction == 1 and s.better and not s.worse
+    with pytest.raises(ValueError, match="diffs"):
+        stats.sign_test(torch.tensor([]))
+    with pytest.raises(ValueError, match="finite"):
+        stats.sign_test(torch.tensor([1.0, float("nan")]))
+
+
+def test_holm_hand_worked_example():
+    # sorted p: 0.005, 0.01, 0.03, 0.04 (m = 4): 4 * 0.005 = 0.02, 3 * 0.01 = 0.03, 2 * 0.03 = 0.06, 1 * 0.04 -> 0.06
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+    assert stats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])       # capped at 1
+    assert stats.holm([]) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_is_monotone_never_below_raw_and_bonferroni_for_one(seed):
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.rand(12, generator=gen).pow(3).tolist()
+    adj = stats.holm(p)
+    order = sorted(range(12), key=p.__getitem__)
+    assert all(adj[order[i]] <= adj[order[i + 1]] + 1e-15 for i in range(11))    # monotone in the sorted order
+    assert all(a >= q - 1e-15 and a <= 1 for a, q in zip(adj, p))
+    assert adj[order[0]] == pytest.approx(min(1.0, 12 * p[order[0]]))            # the smallest: Bonferroni
+    assert all(a <= min(1.0, 12 * q) + 1e-15 for a, q in zip(adj, p))           # never above Bonferroni
+    assert stats.holm([p[0]]) == pytest.approx([p[0]])                           # m = 1: the raw p
+
+
+def test_holm_rejects_bad_p_values():
+    for bad in ([0.5, 1.5], [-0.1], [float("nan")]):
+        with pytest.raises(ValueError, match="p_values"):
+            stats.holm(bad)
+
+
+def test_ledger_entry_round_trips_both_tests():
+    c = stats.compare(*_pair(8, 2), seed=0)
+    t = stats.sign_test(torch.tensor([0.2, -0.1, 0.3, 0.4]))
+    for test in (c, t):
+        rec = stats.ledger_entry("row", "role", "sst2", "A - B", test)
+        assert rec["test"] == test.test and rec["p_value"] == test.p_value
+        assert stats.paired_from_record(rec) == test
+    with pytest.raises(ValueError, match="test"):
+        stats.paired_from_record({"test": "t-test"})
+    with pytest.raises(ValueError, match="lacks"):
+        stats.paired_from_record({"test": "sign", "p_value": 0.1})
+    with pytest.raises(ValueError, match="setting"):
+        stats.ledger_entry("row", "role", "", "A - B", c)
+
+
+class _C:
+    """A stand-in comparison with a direction and a decision."""
+
+    def __init__(self, better=False, worse=False):
+        self.better, self.worse, self.real = better, worse, better or worse
+
+    def __str__(self):
+        return "+x" if self.better else "-x" if self.worse else "0"
+
+
+@pytest.mark.parametrize("maj, prior, simple, want", [
+    (_C(), _C(True), _C(True), "not reproduced"),
+    (_C(True), _C(), _C(True), "label-set prior only"),
+    (_C(True), _C(True), _C(worse=True), "below a simple baseline"),
+    (_C(True), _C(True), _C(), "partly"),
+    (_C(True), _C(True), _C(True), "supported")])
+def test_additive_verdict_ladder_and_reason_name_the_strongest_baseline(maj, prior, simple, want):
+    assert baselines.additive_verdict(maj, prior, simple) == want
+    why = baselines.verdict_reason(maj, prior, simple, "zero-shot, calibrated")
+    assert "the strongest simple baseline, zero-shot, calibrated" in why
+    if want == "below a simple baseline":
+        assert why.startswith("better than the label-prior vector") and "but worse than" in why
 
 
 def test_contextual_calibration_on_a_two_token_toy():

@@ -3,8 +3,10 @@ r"""Baselines that a claim about in-context learning has to beat (book: chapters
 All take per-query quantities already computed from cached states (no forward passes) and return per-query
 correctness ``(P,)`` as float64 0/1, so that :func:`cgar_src.analysis.stats.compare` can pair them with any method.
 
-* :func:`majority_correct`: always answer one class, the most frequent one of a reference set of labels (the
-  evaluated queries themselves: the best constant answer in hindsight; or the demonstration pool: its prior);
+* :func:`majority_correct`: always answer one class, the most frequent one of a reference set of labels. The
+  chapters take the reference from the *demonstration pool* (the split the demonstrations are drawn from,
+  ``cgar_src.tasks.data.TASKS[ds].demo_split``), never from the evaluated queries: the queries'
+  own majority is the best constant answer in hindsight, a baseline chosen on the data it is scored on;
 * :func:`label_restricted_correct`: zero-shot (or k-shot) restricted to the label tokens, the argmax of the label
   logits :math:`\arg\max_y z_y` instead of the argmax over the whole vocabulary;
 * :func:`calibrated_correct`: contextual calibration (Zhao et al. 2021). With :math:`p` the label distribution of the
@@ -23,9 +25,7 @@ from ..lm import Unembed
 from .lens import readout_rows
 
 __all__ = ["majority_class", "majority_correct", "label_restricted_correct", "calibrated_predictions",
-           "calibrated_correct", "label_prior_vector", "VERDICTS", "additive_verdict"]
-
-
+           "calibrated_correct", "label_prior_vector", "VERDICTS", "additive_verdict", "verdict_reason"]
 
 
 def majority_class(reference) -> int:
@@ -33,11 +33,14 @@ def majority_class(reference) -> int:
     return int(torch.bincount(indices(reference, "reference", what="class indices")).argmax())
 
 
-def majority_correct(labels, reference=None) -> torch.Tensor:
-    """Correctness of always answering the majority class of ``reference`` (default: ``labels`` themselves)."""
+def majority_correct(labels, reference) -> torch.Tensor:
+    """Correctness on ``labels`` ``(P,)`` of always answering the majority class of ``reference`` (in every
+    chapter the demonstration pool's labels; required, so that no caller falls back on the evaluated queries' own
+    majority by omission)."""
     y = indices(labels, "labels", what="class indices")
-    c = majority_class(y if reference is None else reference)
+    c = majority_class(reference)
     return (y == c).double()
+
 
 
 def _logits(z, labels: torch.Tensor, name: str) -> torch.Tensor:
@@ -87,13 +90,36 @@ def label_prior_vector(unembed: Unembed, label_token_ids: list[int], norms: torc
     return norms[..., None] * v
 
 
-VERDICTS = ("supported", "partly", "label-set prior only", "not reproduced")
+VERDICTS = ("supported", "partly", "below a simple baseline", "label-set prior only", "not reproduced")
 
 
 def additive_verdict(vs_majority, vs_label_prior, vs_simple) -> str:
     """The verdict ladder of the context-vector chapters (08 in-sample, 11 held out), from paired comparisons
-    (:class:`cgar_src.analysis.stats.Comparison`) of the context vector against the majority answer, the label-prior vector and
-    the strongest simple baseline: not really better than the majority answer -> "not reproduced"; than the
-    label-prior vector -> "label-set prior only"; than the simple baseline -> "partly"; else "supported"."""
-    return ("not reproduced" if not vs_majority.better else "label-set prior only" if not vs_label_prior.better
-            else "partly" if not vs_simple.better else "supported")
+    (:class:`cgar_src.analysis.stats.Comparison`, exact McNemar) of the context vector against the majority answer
+    (the demonstration pool's majority class), the label-prior vector and the strongest simple baseline (the
+    method of highest accuracy among those that need no context vector): not really better than the majority
+    answer -> "not reproduced"; than the label-prior vector -> "label-set prior only"; really worse than the
+    strongest simple baseline -> "below a simple baseline"; indistinguishable from it -> "partly"; really better
+    -> "supported"."""
+    if not vs_majority.better:
+        return "not reproduced"
+    if not vs_label_prior.better:
+        return "label-set prior only"
+    return "below a simple baseline" if vs_simple.worse else "supported" if vs_simple.better else "partly"
+
+
+def verdict_reason(vs_majority, vs_label_prior, vs_simple, simple_name: str) -> str:
+    """Why :func:`additive_verdict` gave its verdict, each rung stated with its paired comparison (context vector
+    minus the alternative), up to the rung that decided, and always against the strongest simple baseline
+    ``simple_name``: a verdict that rests on beating a weak control says so beside the strong baseline it lost to."""
+    v = additive_verdict(vs_majority, vs_label_prior, vs_simple)
+    simple = f"the strongest simple baseline, {simple_name} ({vs_simple})"
+    if v == "not reproduced":
+        return f"no better than the majority answer ({vs_majority}); against {simple}"
+    if v == "label-set prior only":
+        return (f"better than the majority answer, but no better than the label-prior vector ({vs_label_prior}); "
+                f"against {simple}")
+    head = f"better than the label-prior vector ({vs_label_prior}), "
+    return head + {"below a simple baseline": f"but worse than {simple}",
+                   "partly": f"but indistinguishable from {simple}",
+                   "supported": f"and better than {simple}"}[v]

@@ -12,7 +12,8 @@ prompts of the same queries:
 * :func:`last_layer_summary`, :func:`majority_summary` and :func:`last_layer_table`: the table of the last layer
   against the baselines;
 * :func:`shot_effect`: the paired per-query effect of the demonstrations (the change of the label mass and of
-  :math:`\log N_{eff}` with bootstrap intervals, paired accuracy comparisons) and the chapter's verdicts;
+  :math:`\log N_{eff}`, each with the exact sign test and a bootstrap interval for display; paired accuracy
+  comparisons with the exact McNemar test) and the chapter's verdicts;
 * :func:`headline_values` and :func:`verdict_values`: the numbers and verdicts the chapter's text cites.
 """
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 
 from ..lm import Unembed
 from . import baselines, lens
-from .stats import Comparison, accuracy_ci, bootstrap_ci, compare, fmt_ci, fmt_list
+from .stats import Comparison, SignTest, accuracy_ci, compare, fmt_ci, fmt_list, ledger_entry, sign_test
 
 __all__ = ["LensCurves", "lens_curves", "prompt_name", "last_layer_summary", "majority_summary", "last_layer_table",
-           "ShotEffect", "shot_effect", "headline_values", "verdict_values", "ACCURACY_KINDS"]
+           "ShotEffect", "shot_effect", "headline_values", "collapse_verdict", "accuracy_verdict", "verdict_values",
+           "VERDICT_NAMES", "ACCURACY_KINDS"]
 
 ACCURACY_KINDS = ("correct", "restricted", "calibrated")   # full vocabulary, label-restricted, calibrated
 
@@ -86,16 +88,18 @@ def last_layer_summary(curves: LensCurves) -> dict:
 
 
 def majority_summary(labels: torch.Tensor, pool: torch.Tensor, label_words: Sequence[str]) -> dict:
-    """The constant-answer baselines of one dataset: always answering the majority class of the evaluated queries
-    (``queries``, in hindsight) or of the demonstration pool (``pool``), each ``[accuracy, low, high]`` (Wilson 95%),
-    the queries' class shares and the queries' majority label word."""
+    """The majority baseline of one dataset: always answering the majority class of the demonstration pool
+    (``pool``, ``[accuracy, low, high]``, Wilson 95%, and its label word ``majority_label``); beside it, for
+    reference only, the queries' own majority (``queries``: the best constant answer in hindsight, chosen on the
+    queries it is scored on, never used as a baseline) and the queries' class shares."""
     words = list(label_words)
     if int(labels.max()) >= len(words) or int(pool.max()) >= len(words):
         raise ValueError(f"labels and pool must be class indices below len(label_words) = {len(words)}")
     shares = (torch.bincount(labels, minlength=len(words)) / len(labels)).tolist()
-    return dict(queries=list(accuracy_ci(baselines.majority_correct(labels))),
-                pool=list(accuracy_ci(baselines.majority_correct(labels, reference=pool))),
-                query_class_shares=shares, majority_label=words[baselines.majority_class(labels)])
+    return dict(pool=list(accuracy_ci(baselines.majority_correct(labels, reference=pool))),
+                majority_label=words[baselines.majority_class(pool)],
+                queries=list(accuracy_ci(baselines.majority_correct(labels, reference=labels))),
+                queries_majority_label=words[baselines.majority_class(labels)], query_class_shares=shares)
 
 
 TABLE_HEADER = (f"{'dataset':>7} {'prompt':>16} {'med N_eff':>9} {'mass':>6} {'accuracy (vocab)':>18} "
@@ -116,11 +120,10 @@ def last_layer_table(curves: Mapping[str, Mapping[int | str, LensCurves]], label
             lines.append(f"{ds:>7} {prompt_name(key, random_label_shots):>16} {row['median_n_eff']:9.1f} "
                          f"{row['label_mass']:6.3f} {cis[0]:>18} {cis[1]:>18} {cis[2]:>18}")
         maj = summary[f"{ds}_majority"] = majority_summary(labels[ds], pools[ds], label_words[ds])
-        pool_word = label_words[ds][baselines.majority_class(pools[ds])]
-        lines.append(f"{'':>7} always '{maj['majority_label']}' (majority of these queries): {fmt_ci(maj['queries'])}; "
-                     f"always '{pool_word}' (majority of the demonstration pool): "
+        lines.append(f"{'':>7} majority answer: always '{maj['majority_label']}' (majority of the demonstration pool) "
                      f"{fmt_ci(maj['pool'])}; class shares of the queries "
-                     f"{[round(s, 2) for s in maj['query_class_shares']]}")
+                     f"{[round(s, 2) for s in maj['query_class_shares']]} (in hindsight, always "
+                     f"'{maj['queries_majority_label']}' would score {fmt_ci(maj['queries'])})")
     return summary, lines
 
 
@@ -134,7 +137,7 @@ def headline_values(summary: Mapping[str, dict], datasets: Sequence[str], *, sho
     for ds in datasets:
         s0, s1, sk = summary[f"{ds}_0"], summary[f"{ds}_{k_min}"], summary[f"{ds}_{k_max}"]
         rnd, maj = summary[f"{ds}_random"], summary[f"{ds}_majority"]
-        out |= {f"{ds}_majority": round(maj["queries"][0], 3), f"{ds}_majority_label": maj["majority_label"],
+        out |= {f"{ds}_majority": round(maj["pool"][0], 3), f"{ds}_majority_label": maj["majority_label"],
                 f"{ds}_zero": round(s0["median_n_eff"], 1), f"{ds}_icl": round(sk["median_n_eff"], 1),
                 f"{ds}_mass0": round(s0["label_mass"], 3), f"{ds}_mass": round(sk["label_mass"], 3),
                 f"{ds}_random_mass": round(rnd["label_mass"], 3), f"{ds}_random_neff": round(rnd["median_n_eff"], 1),
@@ -147,59 +150,77 @@ def headline_values(summary: Mapping[str, dict], datasets: Sequence[str], *, sho
     return out | {"kmax": k_max}
 
 
-def _signed_ci(ci: Sequence[float], digits: int) -> str:
-    return f"{ci[0]:+.{digits}f} [{ci[1]:+.{digits}f}, {ci[2]:+.{digits}f}]"
-
-
 @dataclass
 class ShotEffect:
     """The paired effect of the demonstrations on one dataset's queries (chapter 07, "What the demonstrations change").
 
     ``mass_change`` and ``log_n_eff_change``: the last layer's per-query change from zero-shot to ``k_max`` shots
-    (mean, bootstrap 95% interval); ``true_minus_random_mass``: true minus random labels at ``random_shots`` shots;
-    ``accuracy``: paired comparisons of the ``k_max``-shot full-vocabulary accuracy with the label-restricted
-    zero-shot answer, the majority answer and (when scored) calibrated zero-shot; ``steps``: the label-restricted
-    accuracy from each shot count to the next; ``kmax_mass``: the ``k_max``-shot mean label mass."""
+    (:class:`cgar_src.analysis.stats.SignTest`: mean, bootstrap 95% interval, exact sign test);
+    ``true_minus_random_mass``: true minus random labels at ``random_shots`` shots (likewise); ``accuracy``: paired
+    comparisons (exact McNemar) of the ``k_max``-shot full-vocabulary accuracy with the label-restricted zero-shot
+    answer, the majority answer (the demonstration pool's majority class) and (when scored) calibrated zero-shot;
+    ``steps``: the label-restricted accuracy from each shot count to the next; ``kmax_mass``: the ``k_max``-shot
+    mean label mass."""
 
     k_max: int
     random_shots: int
-    mass_change: tuple[float, float, float]
-    log_n_eff_change: tuple[float, float, float]
-    true_minus_random_mass: tuple[float, float, float]
+    mass_change: SignTest
+    log_n_eff_change: SignTest
+    true_minus_random_mass: SignTest
     accuracy: dict[str, Comparison]
     steps: dict[str, Comparison]
     kmax_mass: float
 
     @property
     def collapse(self) -> bool:
-        """The collapse is real: the label mass rises and :math:`\\log N_{eff}` falls, both intervals excluding 0."""
-        return self.mass_change[1] > 0 and self.log_n_eff_change[2] < 0
+        """The collapse is real: the label mass really rises and :math:`\\log N_{eff}` really falls (both exact sign
+        tests reject, :func:`collapse_verdict`)."""
+        return collapse_verdict(self.mass_change, self.log_n_eff_change, self.kmax_mass)["collapse"]
 
     def verdict(self) -> dict[str, bool]:
-        """The chapter's per-dataset verdicts: a real collapse; onto the label set (real, and the label tokens hold
-        at least half the mass); format only (true labels do not concentrate recall really more than random ones);
-        the demonstrations really beat the label-restricted zero-shot answer / the majority answer; a step to more
-        shots makes the label-restricted accuracy really worse."""
-        return dict(collapse=self.collapse, onto_label_set=self.collapse and self.kmax_mass >= 0.5,
-                    format_only=not self.true_minus_random_mass[1] > 0,
-                    beats_restricted=self.accuracy["kmax_vs_restricted0"].better,
-                    beats_majority=self.accuracy["kmax_vs_majority"].better,
-                    more_shots_worse=any(c.worse for c in self.steps.values()))
+        """The chapter's per-dataset verdicts (:func:`collapse_verdict` and :func:`accuracy_verdict`): a real
+        collapse; onto the label set (real, and the label tokens hold at least half the mass); random labels
+        concentrate recall really more than true ones / true labels really more than random ones; the demonstrations
+        really beat the label-restricted zero-shot answer / the majority answer; a step to more shots makes the
+        label-restricted accuracy really worse."""
+        return (collapse_verdict(self.mass_change, self.log_n_eff_change, self.kmax_mass, self.true_minus_random_mass)
+                | accuracy_verdict(self.accuracy["kmax_vs_restricted0"], list(self.steps.values()))
+                | {"beats_majority": self.accuracy["kmax_vs_majority"].better})
 
     def record(self) -> dict:
         """The JSON record of the paired tests (results file of chapter 07)."""
-        return {"label_mass_change": list(self.mass_change), "log_n_eff_change": list(self.log_n_eff_change),
-                "true_minus_random_label_mass": list(self.true_minus_random_mass),
-                **{n: vars(c) for n, c in self.accuracy.items()},
-                "label_restricted_shot_steps": {n: vars(c) for n, c in self.steps.items()}}
+        rec = lambda c: vars(c) | {"test": c.test}
+        return {"label_mass_change": rec(self.mass_change), "log_n_eff_change": rec(self.log_n_eff_change),
+                "true_minus_random_label_mass": rec(self.true_minus_random_mass),
+                **{n: rec(c) for n, c in self.accuracy.items()},
+                "label_restricted_shot_steps": {n: rec(c) for n, c in self.steps.items()}}
+
+    def ledger_tests(self, dataset: str) -> list[dict]:
+        """The tests the claims ledger's rows ``collapse`` and ``collapse_accuracy`` rest on for this dataset
+        (:func:`cgar_src.analysis.stats.ledger_entry`): the label-mass and :math:`\\log N_{eff}` changes and true
+        minus random labels (sign tests; the label-mass entry also carries ``kmax_label_mass``), the ``k_max``-shot
+        answer against the label-restricted zero-shot answer and each shot step (McNemar)."""
+        k = self.k_max
+        out = [ledger_entry("collapse", "mass_change", dataset, f"label mass, {k}-shot minus zero-shot",
+                            self.mass_change) | {"kmax_label_mass": self.kmax_mass},
+               ledger_entry("collapse", "log_n_eff_change", dataset, f"log N_eff, {k}-shot minus zero-shot",
+                            self.log_n_eff_change),
+               ledger_entry("collapse", "true_minus_random", dataset,
+                            f"label mass, true minus random labels ({self.random_shots}-shot)",
+                            self.true_minus_random_mass),
+               ledger_entry("collapse_accuracy", "vs_restricted", dataset,
+                            f"{k}-shot accuracy minus label-restricted zero-shot", self.accuracy["kmax_vs_restricted0"])]
+        return out + [ledger_entry("collapse_accuracy", "shot_step", dataset,
+                                   f"label-restricted accuracy, {n.replace('_to_', ' -> ')} shots", c)
+                      for n, c in self.steps.items()]
 
     def lines(self, dataset: str) -> list[str]:
         """The printed report of one dataset."""
-        return ([f"{dataset}: {self.k_max}-shot minus zero-shot: label mass {_signed_ci(self.mass_change, 3)}, "
-                 f"log N_eff {_signed_ci(self.log_n_eff_change, 2)} -> collapse "
+        return ([f"{dataset}: {self.k_max}-shot minus zero-shot: label mass {self.mass_change.fmt(3)}; "
+                 f"log N_eff {self.log_n_eff_change.fmt(2)} -> collapse "
                  f"{'real' if self.collapse else 'not shown'}",
                  f"{'':>7}true minus random labels ({self.random_shots}-shot): label mass "
-                 f"{_signed_ci(self.true_minus_random_mass, 3)}"]
+                 f"{self.true_minus_random_mass.fmt(3)}"]
                 + [f"{'':>7}accuracy {n}: {c}" for n, c in self.accuracy.items()]
                 + [f"{'':>7}label-restricted accuracy, {n.replace('_to_', ' -> ')} shots: {c}"
                    for n, c in self.steps.items()])
@@ -209,25 +230,28 @@ class ShotEffect:
         return ({f"{dataset}_{n}": str(c) for n, c in self.accuracy.items()}
                 | {f"{dataset}_shot_steps": "; ".join(f"{n.replace('_to_', ' to ')} shots {c}"
                                                       for n, c in self.steps.items()),
-                   f"{dataset}_dmass": _signed_ci(self.mass_change, 3),
-                   f"{dataset}_drand": _signed_ci(self.true_minus_random_mass, 3)})
+                   f"{dataset}_dmass": self.mass_change.fmt(3),
+                   f"{dataset}_dneff": self.log_n_eff_change.fmt(2),
+                   f"{dataset}_drand": self.true_minus_random_mass.fmt(3)})
 
 
-def shot_effect(curves: Mapping[int | str, LensCurves], labels: torch.Tensor, *, shots: Sequence[int],
-                random_label_shots: int, seed: int = 0) -> ShotEffect:
+def shot_effect(curves: Mapping[int | str, LensCurves], labels: torch.Tensor, pool: torch.Tensor, *,
+                shots: Sequence[int], random_label_shots: int, seed: int = 0) -> ShotEffect:
     """Paired per-query comparisons of one dataset's prompt sets ``curves[key]`` (keys: every shot count of
     ``shots``, which holds 0, and ``"random"``): see :class:`ShotEffect`. ``labels`` ``(P,)`` scores the majority
-    answer. All intervals are seeded with ``seed``."""
+    answer (scored against ``labels``; pass ``pool`` for the demonstration pool's labels, whose majority class it
+    answers). All intervals are seeded with ``seed``."""
     missing = [k for k in (0, random_label_shots, *shots, "random") if k not in curves]
     if missing:
         raise ValueError(f"curves lacks the prompt sets {missing} (keys: shots, which must hold 0, and 'random')")
     k_max = max(shots)
     z, kk, r1, rr = curves[0], curves[k_max], curves[random_label_shots], curves["random"]
-    d_mass = bootstrap_ci(kk.label_mass[:, -1] - z.label_mass[:, -1], seed=seed)
-    d_neff = bootstrap_ci(torch.log(kk.n_eff[:, -1]) - torch.log(z.n_eff[:, -1]), seed=seed)
-    d_rand = bootstrap_ci(r1.label_mass[:, -1] - rr.label_mass[:, -1], seed=seed)
+    f64 = lambda x: x[:, -1].double()                     # the last layer, differences in float64
+    d_mass = sign_test(f64(kk.label_mass) - f64(z.label_mass), seed=seed)
+    d_neff = sign_test(torch.log(f64(kk.n_eff)) - torch.log(f64(z.n_eff)), seed=seed)
+    d_rand = sign_test(f64(r1.label_mass) - f64(rr.label_mass), seed=seed)
     cmp = {"kmax_vs_restricted0": compare(kk.correct, z.restricted, seed=seed),
-           "kmax_vs_majority": compare(kk.correct, baselines.majority_correct(labels), seed=seed)}
+           "kmax_vs_majority": compare(kk.correct, baselines.majority_correct(labels, reference=pool), seed=seed)}
     if z.calibrated is not None:
         cmp["kmax_vs_calibrated0"] = compare(kk.correct, z.calibrated, seed=seed)
     # the label-restricted accuracy (fair to zero-shot, whose full-vocabulary argmax is rarely a label) from each
@@ -239,15 +263,38 @@ def shot_effect(curves: Mapping[int | str, LensCurves], labels: torch.Tensor, *,
                       kmax_mass=float(kk.label_mass[:, -1].mean()))
 
 
+def collapse_verdict(mass_change, log_n_eff_change, kmax_mass: float, true_minus_random=None) -> dict[str, bool]:
+    """Chapter 07's collapse verdicts of one dataset from its paired tests (anything with ``better``/``worse``:
+    :class:`cgar_src.analysis.stats.SignTest`, or the same rebuilt with a Holm-adjusted p-value by the claims
+    ledger): ``collapse``, the label mass really rises and :math:`\\log N_{eff}` really falls; ``onto_label_set``,
+    that and the label tokens hold at least half the mass ``kmax_mass``; with ``true_minus_random`` also
+    ``random_more`` (random labels concentrate recall really more than true ones) and ``true_more`` (really less)."""
+    collapse = bool(mass_change.better and log_n_eff_change.worse)
+    out = {"collapse": collapse, "onto_label_set": collapse and kmax_mass >= 0.5}
+    if true_minus_random is not None:
+        out |= {"random_more": bool(true_minus_random.worse), "true_more": bool(true_minus_random.better)}
+    return out
+
+
+def accuracy_verdict(vs_restricted, steps: Sequence) -> dict[str, bool]:
+    """Chapter 07's accuracy verdicts of one dataset: ``beats_restricted``, the ``k_max``-shot answer really beats
+    the label-restricted zero-shot answer; ``more_shots_worse``, some step to more shots makes the label-restricted
+    accuracy really worse (each test's ``better``/``worse``)."""
+    return {"beats_restricted": bool(vs_restricted.better), "more_shots_worse": any(c.worse for c in steps)}
+
+
 def verdict_values(verdicts: Mapping[str, Mapping[str, bool]]) -> dict[str, str]:
     """The chapter's verdicts across datasets (``verdicts[dataset]`` from :meth:`ShotEffect.verdict`), as the text
     cites them, by glue name without the ``collapse_`` prefix: where the collapse onto the label set is supported or
     only partly (real, but the label set keeps less than half the mass), and which datasets each other verdict
-    holds on ("none" when on none)."""
+    (of :data:`VERDICT_NAMES` present in every dataset's verdicts) holds on ("none" when on none)."""
     onto = [ds for ds, v in verdicts.items() if v["onto_label_set"]]
     toward = [ds for ds, v in verdicts.items() if v["collapse"] and not v["onto_label_set"]]
     parts = ([f"supported on {fmt_list(onto)}"] if onto else []) + (
         [f"only partly on {fmt_list(toward)} (real, but the label set keeps less than half the mass)"] if toward else [])
+    names = [n for n in VERDICT_NAMES if all(n in v for v in verdicts.values())]
     return {"verdict": "; ".join(parts) or "not reproduced on this model",
-            **{name: fmt_list([ds for ds, v in verdicts.items() if v[name]])
-               for name in ("format_only", "beats_restricted", "beats_majority", "more_shots_worse")}}
+            **{name: fmt_list([ds for ds, v in verdicts.items() if v[name]]) for name in names}}
+
+
+VERDICT_NAMES = ("random_more", "true_more", "beats_restricted", "beats_majority", "more_shots_worse")

@@ -29,7 +29,8 @@ from ..lm import Unembed
 from . import baselines, lens
 from .stats import Comparison, accuracy_ci, compare, fmt_ci, fmt_list
 
-__all__ = ["VECTORS", "CoupledGrid", "coupled_grid", "BestSetting", "best_setting", "verdict_values"]
+__all__ = ["VECTORS", "CoupledGrid", "coupled_grid", "BestSetting", "best_setting", "verdict_values", "verdict_of",
+           "reason_of"]
 
 VECTORS = ("c_bar", "random", "label_prior")   # the context vector and its two norm-matched controls
 
@@ -61,14 +62,16 @@ class CoupledGrid:
 
 def coupled_grid(unembed: Unembed, h_zero: torch.Tensor, h_icl: torch.Tensor, labels: torch.Tensor,
                  label_token_ids: list[int], *, k: int, lambdas: Sequence[float], context_layers: Sequence[int],
-                 query_layers: Sequence[int], generator: torch.Generator, h_cf: torch.Tensor | None = None,
+                 query_layers: Sequence[int], generator: torch.Generator, pool: torch.Tensor,
+                 h_cf: torch.Tensor | None = None,
                  h_cf_zero: torch.Tensor | None = None) -> CoupledGrid:
     r"""The additive retrieval of chapter 08 (equation ``additive-retrieval``) for zero-shot and ``k``-shot states
     ``(P, L+1, d)`` of the same queries. :math:`\bar c` is :func:`cgar_src.analysis.lens.context_vector` (variant
     ``difference``); its controls are :func:`cgar_src.analysis.lens.norm_matched_random` (drawn from ``generator``)
     and :func:`cgar_src.analysis.baselines.label_prior_vector` with the norms of :math:`\bar c`, both at the final
     query layer only. ``query_layers`` must hold the final layer L. Baselines: zero-shot, zero-shot restricted to
-    the labels, k-shot prompting, the majority answer, and contextual calibration of zero-shot (``h_cf_zero``: the
+    the labels, k-shot prompting, the majority answer (the majority class of ``pool``, the demonstration pool's
+    labels), and contextual calibration of zero-shot (``h_cf_zero``: the
     content-free zero-shot states) and of k-shot prompting (``h_cf``: the content-free k-shot states), each when
     given."""
     if h_zero.ndim != 3 or h_icl.shape != h_zero.shape or h_zero.shape[0] != labels.shape[0]:
@@ -100,7 +103,7 @@ def coupled_grid(unembed: Unembed, h_zero: torch.Tensor, h_icl: torch.Tensor, la
     alone = lens.decode_stats(unembed, c_bar[list(context_layers)], label_token_ids)   # the limit lambda -> infinity
     base = {"zero-shot": hit(zero),
             "zero-shot, label-restricted": baselines.label_restricted_correct(zero.label_logits, labels),
-            f"{k}-shot prompting": hit(icl), "majority answer": baselines.majority_correct(labels)}
+            f"{k}-shot prompting": hit(icl), "majority answer": baselines.majority_correct(labels, reference=pool)}
     if h_cf_zero is not None:
         base["zero-shot, calibrated"] = baselines.calibrated_correct(
             zero.label_logits, lens.decode_stats(unembed, h_cf_zero[:, L], label_token_ids).label_logits, labels)
@@ -118,8 +121,10 @@ class BestSetting:
 
     ``layer``/``lam``: indices of the best (context layer, coupling) of :math:`\\bar c` (first maximum in row-major
     order); ``prior_layer``/``prior_lam``: the label-prior vector's own best; ``rows``: per-query correctness by
-    display name (the baselines, then the vectors); ``paired``: :math:`\\bar c` at its best against k-shot prompting,
-    the label-restricted zero-shot answer, the label-prior vector at its best and the majority answer."""
+    display name (the baselines, then the vectors); ``best_simple``: the baseline of highest accuracy among those
+    that need no vector (ties: the first listed); ``paired``: :math:`\\bar c` at its best against k-shot prompting,
+    the label-restricted zero-shot answer, the label-prior vector at its best, the majority answer and the
+    strongest simple baseline (exact McNemar each)."""
 
     grid: CoupledGrid
     context_layers: list[int]
@@ -130,6 +135,7 @@ class BestSetting:
     prior_lam: int
     rows: dict[str, torch.Tensor] = field(repr=False)
     paired: dict[str, Comparison]
+    best_simple: str
 
     @property
     def best(self) -> torch.Tensor:
@@ -140,7 +146,9 @@ class BestSetting:
         """The printed table: every row's accuracy with its Wilson 95% interval, then the paired comparisons."""
         return ([f"{dataset}, {self.grid.k} demonstration(s) per class"]
                 + [f"  {name:>52}: {fmt_ci(accuracy_ci(v))}" for name, v in self.rows.items()]
-                + [f"  paired, c_bar best {n.replace('_', ' ')}: {c}" for n, c in self.paired.items()])
+                + [f"  paired, c_bar best {n.replace('_', ' ')}"
+                   + (f" ({self.best_simple})" if n == "vs_best_simple" else "") + f": {c}"
+                   for n, c in self.paired.items()])
 
     def record(self) -> dict:
         """The JSON record of this dataset and shot count (results file of chapter 08)."""
@@ -148,7 +156,8 @@ class BestSetting:
         return {"best_context_layer": self.context_layers[self.layer], "best_lambda": self.lambdas[self.lam],
                 "label_prior_best": [self.context_layers[self.prior_layer], self.lambdas[self.prior_lam]],
                 "accuracy": {n: list(accuracy_ci(v)) for n, v in self.rows.items()},
-                "paired": {n: vars(c) for n, c in self.paired.items()},
+                "paired": {n: vars(c) | {"test": c.test} for n, c in self.paired.items()},
+                "strongest_simple_baseline": self.best_simple,
                 "accuracy_at_largest_lambda": g.acc["c_bar"][:, self.layer, -1].mean().item(),
                 "mean_accuracy_grid": g.acc["c_bar"].mean(0).round(decimals=4),
                 "mean_mass_grid": g.mass["c_bar"].mean(0).round(decimals=4),
@@ -162,6 +171,7 @@ class BestSetting:
         3 decimals. The random vector's best accuracy over the grid (``rand_max``) only under ``k{k}``."""
         g, k = self.grid, self.grid.k
         out = {f"{dataset}_{tag}_{n}": str(c) for n, c in self.paired.items()}
+        out[f"{dataset}_{tag}_best_simple"] = self.best_simple
         means = {"add": self.best, "icl": g.base[f"{k}-shot prompting"], "restricted": g.base["zero-shot, label-restricted"],
                  "prior": g.acc["label_prior"][:, self.prior_layer, self.prior_lam],
                  "lam10": g.acc["c_bar"][:, self.layer, -1], "alone": g.alone[self.layer],
@@ -193,12 +203,14 @@ def best_setting(grid: CoupledGrid, *, context_layers: Sequence[int], lambdas: S
     rows["random vector, same setting"] = grid.acc["random"][:, j, i]
     rows[f"c_bar alone (lambda -> infinity), c:{cl[j]}"] = grid.alone[j]
     best = grid.acc["c_bar"][:, j, i]
+    simple = max(grid.base, key=lambda n: float(grid.base[n].mean()))    # the strongest baseline needing no vector
     paired = {"vs_prompting": compare(best, grid.base[f"{grid.k}-shot prompting"], seed=seed),
               "vs_restricted": compare(best, grid.base["zero-shot, label-restricted"], seed=seed),
               "vs_label_prior": compare(best, grid.acc["label_prior"][:, jp, ip], seed=seed),
-              "vs_majority": compare(best, grid.base["majority answer"], seed=seed)}
+              "vs_majority": compare(best, grid.base["majority answer"], seed=seed),
+              "vs_best_simple": compare(best, grid.base[simple], seed=seed)}
     return BestSetting(grid=grid, context_layers=cl, lambdas=lam, layer=j, lam=i, prior_layer=jp, prior_lam=ip,
-                       rows=rows, paired=paired)
+                       rows=rows, paired=paired, best_simple=simple)
 
 
 def verdict_values(settings: Mapping[tuple[str, int], BestSetting]) -> dict[str, str]:
@@ -206,7 +218,8 @@ def verdict_values(settings: Mapping[tuple[str, int], BestSetting]) -> dict[str,
     :math:`\\bar c` at its best is really better (or worse) than each reference, where it concentrates more than half
     the mass on the labels, and the verdict ladder of :func:`cgar_src.analysis.baselines.additive_verdict` per
     dataset and shot count (``verdict``, grouped by verdict in the order of
-    :data:`cgar_src.analysis.baselines.VERDICTS`)."""
+    :data:`cgar_src.analysis.baselines.VERDICTS`; ``verdict_detail``, each with its reason, every rung stated
+    against the strongest simple baseline)."""
     def where(test: str, sign: int = 1) -> str:
         return fmt_list([f"{ds} ({k}-shot)" for (ds, k), s in settings.items()
                        if (s.paired[test].better if sign > 0 else s.paired[test].worse)])
@@ -216,12 +229,22 @@ def verdict_values(settings: Mapping[tuple[str, int], BestSetting]) -> dict[str,
                      for v in baselines.VERDICTS if v in verdict.values())
     return {"beats_prompting": where("vs_prompting"), "loses_prompting": where("vs_prompting", -1),
             "beats_restricted": where("vs_restricted"), "beats_prior": where("vs_label_prior"),
-            "beats_majority": where("vs_majority"),
+            "beats_majority": where("vs_majority"), "beats_best_simple": where("vs_best_simple"),
+            "loses_best_simple": where("vs_best_simple", -1),
             "concentrates": fmt_list([f"{ds} ({k}-shot)" for (ds, k), s in settings.items() if s.grid.concentrates()]),
-            "verdict": text}
+            "verdict": text,
+            "verdict_detail": "; ".join(f"{ds} ({k}-shot): {verdict_of(s)}, {reason_of(s)}"
+                                        for (ds, k), s in settings.items())}
 
 
 def verdict_of(setting: BestSetting) -> str:
-    """The verdict ladder (:func:`cgar_src.analysis.baselines.additive_verdict`) of one best setting."""
+    """The verdict ladder (:func:`cgar_src.analysis.baselines.additive_verdict`) of one best setting, against the
+    majority answer, the label-prior vector at its own best and the strongest simple baseline."""
     c = setting.paired
-    return baselines.additive_verdict(c["vs_majority"], c["vs_label_prior"], c["vs_restricted"])
+    return baselines.additive_verdict(c["vs_majority"], c["vs_label_prior"], c["vs_best_simple"])
+
+
+def reason_of(setting: BestSetting) -> str:
+    """Why :func:`verdict_of` gave its verdict (:func:`cgar_src.analysis.baselines.verdict_reason`)."""
+    c = setting.paired
+    return baselines.verdict_reason(c["vs_majority"], c["vs_label_prior"], c["vs_best_simple"], setting.best_simple)

@@ -13,10 +13,12 @@ full-vocabulary logit-lens scores :math:`W_U\,\mathrm{Norm}(h)` in float64:
 :func:`evaluate` scores (a) zero-shot, (b) dense bias, (c) sparse gate, (d) fixed point and (e) prior, each
 cross-fitted on the same folds (:func:`cgar_src.analysis.gate_fit.cross_fit`: parameters from the fitting rows only,
 scores on the evaluation rows), per query: :math:`\mathrm{KL}(p_{ICL}\,\|\,p_{model})`, top-1 agreement with
-:math:`\arg\max p_{ICL}` and label accuracy (the prior's accuracy: the fitting rows' majority label). Then the
-theory's quantities at each fold's fitted gate: support, one-hotness, :math:`\alpha_{crit}` and
-:math:`\Delta_{gate}` (:func:`cgar_src.analysis.gate_fit.gate_stats`), and the number of distinct fixed points of
-:math:`\Phi` from several starts (:func:`cgar_src.analysis.gate_fit.multistart_fixed_points`).
+:math:`\arg\max p_{ICL}` and label accuracy (the prior's accuracy: the fitting rows' majority label). The fixed
+point is fitted on its own grid twice (:func:`cgar_src.analysis.gate_fit.cross_fit_fixed_point_grid`): inside the
+contraction region, where it is unique (``fixed_point``), and outside it (``fixed_point_out``). Then the theory's
+quantities at each fold's fitted gate: support, one-hotness, :math:`\alpha_{crit}` and :math:`\Delta_{gate}`
+(:func:`cgar_src.analysis.gate_fit.gate_stats`), and at each fold's two fitted fixed points the number of distinct
+fixed points of :math:`\Phi` from several starts (:func:`cgar_src.analysis.gate_fit.multistart_fixed_points`).
 """
 from __future__ import annotations
 
@@ -31,10 +33,14 @@ from ..lm import Unembed
 from . import gate_fit as gf
 from .baselines import majority_correct
 
-__all__ = ["LensScores", "lens_scores", "layer_tags", "Evaluation", "evaluate", "fixed_point_starts"]
+__all__ = ["LensScores", "lens_scores", "layer_tags", "Evaluation", "evaluate", "check_grids", "fixed_point_starts",
+           "FITTED"]
 
 PER_QUERY = ("kl", "agree", "correct")
-THEORY = ("support", "one_hot", "alpha_crit", "delta_gate", "n_distinct", "n_converged")
+THEORY = ("support", "one_hot", "alpha_crit", "delta_gate", "n_distinct", "n_converged", "n_distinct_out",
+          "n_converged_out")
+#: the fitted models of :func:`evaluate`, in the order of the chapter's table
+FITTED = ("zero_shot", "dense", "gated", "fixed_point", "fixed_point_out", "prior")
 
 
 class LensScores(NamedTuple):
@@ -83,16 +89,45 @@ def fixed_point_starts(target_logp: torch.Tensor, label_ids: Sequence[int]) -> d
 
 @dataclass
 class Evaluation:
-    """One dataset and context layer: the cross-fits per model (:data:`cgar_src.analysis.gate_fit.MODELS`), per model
-    the per-query ``kl``, ``agree`` and ``correct`` (the prior also ``correct_majority``), the theory's per-query
-    quantities at the fitted gate (and ``n_starts``), the in-context prediction's own correctness and the gate's
-    support size at every alpha of the grid ``(len(alphas), P)``."""
+    """One dataset and context layer: the cross-fits per model (:data:`FITTED`), per model the per-query ``kl``,
+    ``agree`` and ``correct`` (the prior also ``correct_majority``), the theory's per-query quantities at the fitted
+    gate and fixed points (and ``n_starts``), the in-context prediction's own correctness, the gate's support size at
+    every alpha of the grid ``(len(alphas), P)`` and the gate's dense-limit penalisation per query
+    (:func:`cgar_src.analysis.gate_fit.dense_limit_alpha`)."""
 
     fits: dict[str, gf.CrossFit]
     per_query: dict[str, dict[str, torch.Tensor]]
     theory: dict
     icl_correct: torch.Tensor
     support_by_alpha: torch.Tensor
+    alpha_dense: torch.Tensor
+
+
+def _fixed_point_grid(grid: dict) -> dict:
+    names = ("alpha", "beta", "lam")
+    if not isinstance(grid, dict) or set(grid) != set(names):
+        raise ValueError(f"fixed_point_grid must be a dict with exactly the keys {names}, got {grid!r}")
+    for name in names:
+        vals = grid[name]
+        if (not isinstance(vals, (list, tuple)) or not vals
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in vals)):
+            raise ValueError(f"fixed_point_grid[{name!r}] must be a non-empty list of numbers > 0, got {vals!r}")
+    bounds = [b * lam**2 / (2 * a) for a in grid["alpha"] for b in grid["beta"] for lam in grid["lam"]]
+    if min(bounds) >= 1 or max(bounds) < 1:
+        raise ValueError("fixed_point_grid must hold points inside the contraction region (beta lam^2 / (2 alpha) < 1) "
+                         f"and outside it (>= 1); its bounds lie in [{min(bounds):.3g}, {max(bounds):.3g}]")
+    return grid
+
+
+def check_grids(grids: dict, fixed_point_grid: dict) -> None:
+    """Check the grids of :func:`evaluate` (a ``ValueError`` naming the bad grid), cheap enough to run before the
+    states are extracted: ``grids`` maps ``"dense"`` and ``"gated"`` to their grids
+    (:func:`cgar_src.analysis.gate_fit.kl_grid`), ``fixed_point_grid`` holds points on both sides of the
+    contraction bound."""
+    grids = _grids(grids)
+    for m in ("dense", "gated"):
+        gf.kl_grid_axes(m, grids[m])
+    _fixed_point_grid(fixed_point_grid)
 
 
 def _grids(grids: dict) -> dict:
@@ -102,17 +137,27 @@ def _grids(grids: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate(s_q, target_logp, s_c, labels, label_ids: Sequence[int], folds, grids: dict,
-             lambda_fractions: Sequence[float], *, tol: float = 1e-9, max_iter: int = 500) -> Evaluation:
-    r"""All five models cross-fitted on ``folds`` (``(fit, evaluate)`` index pairs,
-    :func:`cgar_src.analysis.steering.folds_of`) and the theory's quantities of the fitted gate (module docstring).
+def evaluate(s_q, target_logp, s_c, labels, label_ids: Sequence[int], folds, grids: dict, fixed_point_grid: dict, *,
+             tol: float = 1e-9, max_iter: int = 300) -> Evaluation:
+    r"""All models cross-fitted on ``folds`` (``(fit, evaluate)`` index pairs,
+    :func:`cgar_src.analysis.steering.folds_of`) and the theory's quantities of the fitted gate and fixed points
+    (module docstring).
 
     ``s_q``, ``target_logp``, ``s_c``: ``(P, V)`` (float64; the grids run in float32, where the KL differences lie far
-    above its round-off, the fixed points in float64); ``labels`` ``(P,)`` class indices into ``label_ids`` (the
+    above its round-off, the held-out scores and the fixed points in float64); ``labels`` ``(P,)`` class indices into ``label_ids`` (the
     labels' token ids); ``grids`` maps ``"dense"`` and ``"gated"`` to their grids
-    (:func:`cgar_src.analysis.gate_fit.kl_grid`); ``lambda_fractions`` are the fixed point's couplings as fractions of
-    the gate's (:func:`cgar_src.analysis.gate_fit.cross_fit_fixed_point`). Every fold's parameters come from its
-    fitting rows only."""
+    (:func:`cgar_src.analysis.gate_fit.kl_grid`; the gated one may give ``kappa`` = lambda/alpha in place of
+    ``lam``); ``fixed_point_grid`` is the fixed point's own grid (keys ``alpha``, ``beta``, ``lam``,
+    :func:`cgar_src.analysis.gate_fit.fixed_point_grid`), which must hold points on both sides of the contraction
+    bound. Every fold's parameters come from its fitting rows only. Runs with one intra-op thread
+    (:func:`cgar_src.analysis.gate_fit.single_thread`: faster here than torch's thread pool, measured)."""
+    with gf.single_thread():
+        return _evaluate(s_q, target_logp, s_c, labels, label_ids, folds, grids, fixed_point_grid, tol=tol,
+                         max_iter=max_iter)
+
+
+def _evaluate(s_q, target_logp, s_c, labels, label_ids, folds, grids, fixed_point_grid, *, tol,
+              max_iter) -> Evaluation:
     s_q = as_tensor(s_q, "s_q", ndim=2, dtype=torch.float64)
     target = as_tensor(target_logp, "target_logp", ndim=2, dtype=torch.float64)
     s_c = as_tensor(s_c, "s_c", ndim=2, dtype=torch.float64)
@@ -123,13 +168,13 @@ def evaluate(s_q, target_logp, s_c, labels, label_ids: Sequence[int], folds, gri
     ids = indices(label_ids, "label_ids", s_q.shape[1], what="token ids")
     if int(labels.max()) >= ids.numel():
         raise ValueError(f"labels reach class {int(labels.max())} but there are only {ids.numel()} label_ids")
-    grids = _grids(grids)
+    check_grids(grids, fixed_point_grid)             # every grid checked before any expensive work
     gold, icl_top = ids[labels], target.argmax(-1)
-    s_q32, s_c32, target32 = s_q.float(), s_c.float(), target.float()
-    fits = {m: gf.cross_fit(m, s_q32, s_c32, target32, folds, grids.get(m))
+    fits = {m: gf.cross_fit(m, s_q, s_c, target, folds, grids.get(m), grid_dtype=torch.float32)
             for m in ("zero_shot", "dense", "gated", "prior")}
-    fits["fixed_point"] = gf.cross_fit_fixed_point(s_q, s_c, target, folds, fits["gated"], list(lambda_fractions),
-                                                   tol=tol, max_iter=max_iter)
+    regions = gf.cross_fit_fixed_point_grid(s_q, s_c, target, folds, fixed_point_grid, tol=tol, max_iter=max_iter)
+    fits["fixed_point"], fits["fixed_point_out"] = regions["inside"], regions["outside"]
+    fits = {m: fits[m] for m in FITTED}
     per_query = {m: {"kl": f.kl, "agree": (f.argmax == icl_top).double(), "correct": (f.argmax == gold).double()}
                  for m, f in fits.items()}
     majority = torch.empty(n, dtype=torch.float64)
@@ -139,14 +184,18 @@ def evaluate(s_q, target_logp, s_c, labels, label_ids: Sequence[int], folds, gri
     theory: dict = {k: torch.empty(n, dtype=torch.float64) for k in THEORY}
     starts: dict = {}
     for f, (_, ev) in enumerate(folds):         # each query at its own fold's fitted parameters
-        g, d = fits["gated"].params[f], fits["fixed_point"].params[f]
+        g = fits["gated"].params[f]
         st = gf.gate_stats(s_c[ev], g["alpha"], gold[ev])
         for k in ("support", "one_hot", "alpha_crit", "delta_gate"):
             theory[k][ev] = getattr(st, k).double()
         starts = fixed_point_starts(target[ev], ids.tolist())
-        ms = gf.multistart_fixed_points(s_q[ev], s_c[ev], d["alpha"], d["beta"], d["lam"], starts, tol=tol,
-                                        max_iter=max_iter)
-        theory["n_distinct"][ev], theory["n_converged"][ev] = ms.n_distinct.double(), ms.n_converged.double()
+        for m, suffix in (("fixed_point", ""), ("fixed_point_out", "_out")):
+            d = fits[m].params[f]
+            ms = gf.multistart_fixed_points(s_q[ev], s_c[ev], d["alpha"], d["beta"], d["lam"], starts, tol=tol,
+                                            max_iter=max_iter)
+            theory["n_distinct" + suffix][ev] = ms.n_distinct.double()
+            theory["n_converged" + suffix][ev] = ms.n_converged.double()
     theory["n_starts"] = len(starts)
     return Evaluation(fits=fits, per_query=per_query, theory=theory, icl_correct=(icl_top == gold).double(),
-                      support_by_alpha=gf.support_sizes(s_c, list(grids["gated"]["alpha"])))
+                      support_by_alpha=gf.support_sizes(s_c, list(grids["gated"]["alpha"])),
+                      alpha_dense=gf.dense_limit_alpha(s_c))

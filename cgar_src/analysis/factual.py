@@ -28,10 +28,11 @@ import torch
 
 from ..lm import Unembed
 from . import baselines, lens
-from .stats import Comparison, accuracy_ci, compare, fmt_ci
+from .stats import Comparison, accuracy_ci, compare, fmt_ci, ledger_entry
 
 __all__ = ["FactStatesLike", "FactualSteering", "steer_facts", "method_order", "glue_key", "Report",
-           "accuracy_table", "best_context_layers", "FactComparisons", "compare_methods", "SIGNS", "BASELINES"]
+           "accuracy_table", "best_context_layers", "FactComparisons", "compare_methods", "bidirectional_verdict",
+           "SIGNS", "BASELINES"]
 
 SIGNS = ("positive", "negative")
 BASELINES = ("majority (pool)", "majority (evaluated)", "zero-shot (neutral)", "positive prompting",
@@ -124,7 +125,7 @@ def steer_facts(unembed: Unembed, fs: FactStatesLike, *, lambdas: Sequence[float
             if kind == ZERO:
                 n_eff_zero[idx] = st.n_eff
         correct[MAJORITY][idx] = (fs.majority_ids[idx] == fs.object_ids[idx]).double()
-        correct["majority (evaluated)"][idx] = baselines.majority_correct(target)
+        correct["majority (evaluated)"][idx] = baselines.majority_correct(target, reference=target)   # hindsight
     for i, lam in enumerate(lambdas):
         for sign in SIGNS:
             correct[f"{sign} steering, lambda {lam:g}"] = acc[sign][:, L, i]
@@ -224,10 +225,20 @@ class FactComparisons:
 
     def record(self) -> dict:
         """The JSON record of every comparison."""
-        return {f"{a} vs {b}": {"all": vars(c) | {"real": c.real},
-                                "non_majority": None if self.minority[a, b] is None else
-                                vars(self.minority[a, b]) | {"real": self.minority[a, b].real}}
+        rec = lambda c: None if c is None else vars(c) | {"test": c.test, "real": c.real}
+        return {f"{a} vs {b}": {"all": rec(c), "non_majority": rec(self.minority[a, b])}
                 for (a, b), c in self.all.items()}
+
+    def ledger_tests(self) -> list[dict]:
+        """The tests the claims ledger's row ``factual`` rests on (:func:`cgar_src.analysis.stats.ledger_entry`):
+        at every coupling (setting ``"lambda 1"`` etc.), positive steering minus the neutral state (role
+        ``toward``) and negative steering minus the neutral state (role ``away``), on all facts."""
+        out = []
+        for lam in self.lambdas:
+            for role, sign in (("toward", "positive"), ("away", "negative")):
+                a = f"{sign} steering, lambda {lam:g}"
+                out.append(ledger_entry("factual", role, f"lambda {lam:g}", f"{a} - {ZERO}", self.all[a, ZERO]))
+        return out
 
     def verdict(self, a: str, b: str, name_a: str, name_b: str, *, minority: bool = False) -> str:
         """The sentence for A against B (:meth:`cgar_src.analysis.stats.Comparison.verdict`)."""
@@ -256,24 +267,33 @@ class FactComparisons:
             "v_prompt_neg_pos": v("negative prompting", "positive prompting", "negative prompting", "positive prompting")}
 
     def bidirectional(self) -> dict:
-        """The paper's claim, decided per coupling: steering reproduces it at a coupling where positive steering is
-        really above the neutral state (toward the answer) *and* negative steering really below it (away from it).
-        Returns the verdict sentence and the couplings where both, toward only or away only hold."""
-        toward = {lam: self.all[f"positive steering, lambda {lam:g}", ZERO] for lam in self.lambdas}
-        away = {lam: self.all[f"negative steering, lambda {lam:g}", ZERO] for lam in self.lambdas}
-        both = [lam for lam in self.lambdas if toward[lam].better and away[lam].worse]
-        up = [lam for lam in self.lambdas if toward[lam].better]
-        down = [lam for lam in self.lambdas if away[lam].worse]
-        if len(both) == len(self.lambdas):
-            text = f"reproduced at every coupling tested (λ = {_lams(self.lambdas)})"
-        elif both:
-            text = f"reproduced only at λ = {_lams(both)} of the couplings tested ({_lams(self.lambdas)})"
-        else:
-            away_txt = f"below neutral only at λ = {_lams(down)}" if down else "never below neutral"
-            toward_txt = f"above it at λ = {_lams(up)}" if up else "never above it"
-            text = (f"not reproduced on this model: at the couplings tested (λ = {_lams(self.lambdas)}) negative "
-                    f"steering is {away_txt} and positive steering {toward_txt}, never both at one coupling")
-        return {"verdict": text, "both": both, "toward": up, "away": down}
+        """The paper's claim, decided per coupling (:func:`bidirectional_verdict`) from positive and negative
+        steering against the neutral state on all facts."""
+        return bidirectional_verdict({lam: self.all[f"positive steering, lambda {lam:g}", ZERO] for lam in self.lambdas},
+                                     {lam: self.all[f"negative steering, lambda {lam:g}", ZERO] for lam in self.lambdas})
+
+
+def bidirectional_verdict(toward: dict, away: dict) -> dict:
+    """Chapter 09's verdict on the paper's Figure 6: steering reproduces it at a coupling where positive steering is
+    really above the neutral state (``toward[lam].better``) *and* negative steering really below it
+    (``away[lam].worse``), each a paired test on the same facts (or the same rebuilt with a Holm-adjusted p-value by
+    the claims ledger). Returns the verdict sentence and the couplings where both, toward only or away only hold."""
+    if not toward or set(toward) != set(away):
+        raise ValueError("toward and away must hold the same couplings (lambda -> paired comparison)")
+    lambdas = list(toward)
+    both = [lam for lam in lambdas if toward[lam].better and away[lam].worse]
+    up = [lam for lam in lambdas if toward[lam].better]
+    down = [lam for lam in lambdas if away[lam].worse]
+    if len(both) == len(lambdas):
+        text = f"reproduced at every coupling tested (λ = {_lams(lambdas)})"
+    elif both:
+        text = f"reproduced only at λ = {_lams(both)} of the couplings tested ({_lams(lambdas)})"
+    else:
+        away_txt = f"below neutral only at λ = {_lams(down)}" if down else "never below neutral"
+        toward_txt = f"above it at λ = {_lams(up)}" if up else "never above it"
+        text = (f"not reproduced on this model: at the couplings tested (λ = {_lams(lambdas)}) negative "
+                f"steering is {away_txt} and positive steering {toward_txt}, never both at one coupling")
+    return {"verdict": text, "both": both, "toward": up, "away": down}
 
 
 def compare_methods(steering: FactualSteering, *, seed: int = 0) -> FactComparisons:

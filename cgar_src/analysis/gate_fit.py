@@ -11,23 +11,30 @@ log-probabilities over the vocabulary (batched over queries, the vocabulary on t
 * ``gated``: :math:`\mathrm{softmax}(\beta(s_q + \lambda G_\alpha(s_c)))` with the sparsemax gate
   :math:`G_\alpha(u) = \mathrm{sparsemax}(u/\alpha)` (the first-order two-stage model, chapter ``02_two_stage``);
 * ``fixed_point``: :math:`p^* = \Phi(p^*)`, :math:`\Phi(p) = \mathrm{softmax}(\beta(s_q + \lambda G_\alpha(s_c + \lambda p)))`
-  (chapter ``05_fixed_point``), solved by :func:`cgar_src.theory.dynamics.fixed_point`;
+  (chapter ``05_fixed_point``), solved by :func:`cgar_src.theory.dynamics.fixed_point` from the first-order start
+  on its own grid (:func:`fixed_point_grid`), fitted once inside the contraction region and once outside it
+  (:func:`cross_fit_fixed_point_grid`);
 * ``prior``: one distribution for every query, the mean of :math:`p_{ICL}` over the fitting queries (the label
   prior as the in-context model expresses it).
 
 Parameters are chosen on a grid by the mean :math:`\mathrm{KL}(p_{ICL}\,\|\,p_{model})` over the fitting queries and
-scored on held-out queries (:func:`cross_fit`). For the gated model the grid is evaluated without forming a
-vocabulary-sized softmax per grid point: the gate is sparse (support S), so
+scored on held-out queries (:func:`cross_fit`). For the gated model the grid is evaluated without a vocabulary-sized
+softmax per grid point where the gate is sparse (support S):
 
-.. math:: \log Z = \log\sum_i e^{\beta s_{q,i}} + \log\Big(1 + \sum_{i\in S} q^0_i\,(e^{\beta\lambda g_i} - 1)\Big),
-   \qquad q^0 = \mathrm{softmax}(\beta s_q),
+.. math:: \log Z = \log\Big(\sum_{i\notin S} e^{\beta s_{q,i}} + \sum_{i\in S} e^{\beta(s_{q,i} + \lambda g_i)}\Big),
 
-and :math:`\mathrm{KL} = \sum_i p_i\log p_i - \beta\,p\cdot s_q - \beta\lambda\,p_S\cdot g_S + \log Z`; the gate is
-computed once per alpha and reused for every (beta, lambda).
+the first sum once per (alpha, beta), the whole a log-sum-exp (no overflow however large
+:math:`\beta\lambda g_i`), and :math:`\mathrm{KL} = \sum_i p_i\log p_i - \beta\,p\cdot s_q - \beta\lambda\,p_S\cdot g_S +
+\log Z`; the gate is computed once per alpha, in float64, and reused for every (beta, lambda). The gated grid may
+give the coupling per unit penalisation :math:`\kappa = \lambda/\alpha` instead of :math:`\lambda` (key ``kappa``):
+in the dense limit (:func:`dense_limit_alpha`) the gated model at :math:`(\alpha, \beta, \kappa\alpha)` is the
+dense model at :math:`(\beta, \kappa)`, so a grid over kappa reaches that limit at every large alpha.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -37,14 +44,29 @@ from ..theory import dynamics
 from ..theory.gate import alpha_crit, gate
 
 __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_probs_dense", "log_probs_gated",
-           "log_probs_fixed_point", "kl", "kl_grid", "GridFit", "fit_grid", "CrossFit", "cross_fit", "cross_fit_fixed_point", "dense_limit_alpha",
+           "log_probs_fixed_point", "kl", "kl_grid", "kl_grid_axes", "KAPPA_AXES", "GridFit", "fit_grid", "CrossFit", "cross_fit", "dense_limit_alpha",
            "support_sizes",
-           "GateStats", "gate_stats", "MultiStart", "multistart_fixed_points"]
+           "FixedPointGrid", "fixed_point_grid", "cross_fit_fixed_point_grid", "REGIONS",
+           "GateStats", "gate_stats", "MultiStart", "multistart_fixed_points", "single_thread"]
 
 #: the models of the ICL distribution that :func:`cross_fit` evaluates
-MODELS = ("zero_shot", "dense", "gated", "fixed_point", "prior")
+MODELS = ("zero_shot", "dense", "gated", "prior")
 #: the parameters of each model fitted on a grid, in grid-axis order
-GRID_MODELS = {"dense": ("beta", "lam"), "gated": ("alpha", "beta", "lam")}   # the fixed point: cross_fit_fixed_point
+GRID_MODELS = {"dense": ("beta", "lam"), "gated": ("alpha", "beta", "lam")}   # the fixed point: fixed_point_grid
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run a block with one intra-op thread, then restore the setting. The fixed-point solves iterate on reduced
+    problems of a few hundred columns, where torch's thread pool costs more than it saves: on 2 shared cores the
+    row reductions inside ``sparsemax`` ran 5-20 times slower with 2 threads than with 1, and chapter 12's whole
+    evaluation of one setting 2-4 times slower (measured)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 # --- the models: log-probabilities over the vocabulary -----------------------------------------------------------
@@ -118,20 +140,46 @@ def kl(target_logp, model_logp) -> torch.Tensor:
 
 # --- grid evaluation ---------------------------------------------------------------------------------------------
 
+#: the gated model's grid may give kappa = lambda / alpha in place of lambda (module docstring)
+KAPPA_AXES = ("alpha", "beta", "kappa")
+
+
 def _grid_axes(model: str, grid: dict) -> dict[str, list[float]]:
     if model not in GRID_MODELS:
         raise ValueError(f"model must be one of {sorted(GRID_MODELS)}, got {model!r}")
     names = GRID_MODELS[model]
+    if model == "gated" and isinstance(grid, dict) and set(grid) == set(KAPPA_AXES):
+        names = KAPPA_AXES
     if not isinstance(grid, dict) or set(grid) != set(names):
-        raise ValueError(f"grid of {model} must be a dict with exactly the keys {names}, got {grid!r}")
+        alt = f" (or {KAPPA_AXES})" if model == "gated" else ""
+        raise ValueError(f"grid of {model} must be a dict with exactly the keys {names}{alt}, got {grid!r}")
     axes = {}
     for name in names:
         vals = grid[name]
         if not isinstance(vals, (list, tuple)) or not vals:
             raise ValueError(f"grid[{name!r}] must be a non-empty list of numbers, got {vals!r}")
-        check = nonnegative if name == "lam" else positive
+        check = nonnegative if name in ("lam", "kappa") else positive
         axes[name] = [check(v, f"grid[{name!r}] entry") for v in vals]
     return axes
+
+
+def kl_grid_axes(model: str, grid: dict) -> dict[str, list[float]]:
+    """The axes of ``grid`` for ``model`` as :func:`kl_grid` reads them; a ``ValueError`` naming the bad key or
+    entry, before any work."""
+    return _grid_axes(model, grid)
+
+
+def _lams(axes: dict, alpha: float) -> list[float]:
+    """The gated grid's couplings lambda at ``alpha``: the ``lam`` axis, or ``kappa * alpha``."""
+    return axes["lam"] if "lam" in axes else [k * alpha for k in axes["kappa"]]
+
+
+def _params(model: str, axes: dict, pos) -> dict:
+    """A grid point's parameters as the models take them (a kappa axis becomes ``lam = kappa * alpha``)."""
+    params = {name: axes[name][int(i)] for name, i in zip(axes, pos)}
+    if "kappa" in params:
+        params["lam"] = params.pop("kappa") * params["alpha"]
+    return params
 
 
 def _target(target_logp, s_q: torch.Tensor) -> torch.Tensor:
@@ -178,17 +226,69 @@ def kl_grid(model: str, s_q, s_c, target_logp, grid: dict) -> tuple[dict[str, li
                 log_z = torch.logsumexp(beta * (s_q + lam * s_c), -1)
                 out[i, j] = negent - beta * (ps_q + lam * ps_c) + log_z
         return axes, out
-    lse = {beta: torch.logsumexp(beta * s_q, -1) for beta in axes["beta"]}      # the gated model
+    if "kappa" in axes:
+        out.copy_(_kl_grid_kappa(s_q.double(), s_c.double(), p.double(), negent.double(), ps_q.double(), axes,
+                                 work=s_q.dtype))
+        return axes, out
+    s_c64 = s_c.double()                                                       # the gated model, lambda axis
     for a, alpha in enumerate(axes["alpha"]):
-        idx, g = _sparse_gate(s_c, alpha)
+        idx, g = _sparse_gate(s_c64, alpha)
+        g = g.to(s_q.dtype)
         sq_s, p_s = s_q.gather(-1, idx), p.gather(-1, idx)
         pg = (p_s * g).sum(-1)
         for b, beta in enumerate(axes["beta"]):
-            q0 = torch.exp(beta * sq_s - lse[beta][:, None])
-            for c, lam in enumerate(axes["lam"]):
-                log_z = lse[beta] + torch.log1p((q0 * torch.expm1(beta * lam * g)).sum(-1))
+            rest = torch.logsumexp((beta * s_q).scatter(-1, idx, float("-inf")), -1, keepdim=True)   # i not in S
+            base = beta * sq_s
+            for c, lam in enumerate(_lams(axes, alpha)):
+                log_z = torch.logsumexp(torch.cat([rest, base + (beta * lam) * g], -1), -1)
                 out[a, b, c] = negent - beta * (ps_q + lam * pg) + log_z
     return axes, out
+
+
+def _kl_grid_kappa(s_q: torch.Tensor, s_c: torch.Tensor, p: torch.Tensor, negent: torch.Tensor, ps_q: torch.Tensor,
+                   axes: dict, work: torch.dtype = torch.float64) -> torch.Tensor:
+    r"""The gated model's KL on an (alpha, beta, kappa) grid, float64, in one pass over the vocabulary per
+    (beta, kappa). With the columns sorted by :math:`s_c` (descending, centred so that the largest is 0), the gate's
+    support at alpha is the first :math:`k_\alpha` of them and :math:`g_i = (s_{c,i} - t_\alpha)/\alpha` there, with
+    :math:`k_\alpha = \#\{j : \sum_{i\le j}(s_{c,(i)} - s_{c,(j)}) < \alpha\}` and
+    :math:`t_\alpha = (\sum_{i\le k_\alpha} s_{c,(i)} - \alpha)/k_\alpha` (chapter ``04_phase_transition``). With
+    :math:`\lambda = \kappa\alpha`, :math:`\beta\lambda g_i = \beta\kappa(s_{c,i} - t_\alpha)`, so
+
+    .. math:: Z = \sum_{i > k_\alpha} e^{\beta s_{q,(i)}} + e^{-\beta\kappa t_\alpha}
+       \sum_{i \le k_\alpha} e^{\beta s_{q,(i)} + \beta\kappa s_{c,(i)}},
+       \qquad \lambda\,p_S\cdot g_S = \kappa\Big(\sum_{i\le k_\alpha} p_{(i)} s_{c,(i)} - t_\alpha \sum_{i\le k_\alpha} p_{(i)}\Big):
+
+    prefix sums of one vector per (beta, kappa) give every alpha (ties at the support's edge have :math:`g = 0` and
+    count the same in either sum). The vocabulary-wide exponentials run in ``work`` (float32 for float32 scores, their
+    sums accumulated in float64 by torch's cumsum), everything per (query, alpha) in float64."""
+    P, N = s_q.shape
+    order = s_c.argsort(-1, descending=True)
+    zs = s_c.gather(-1, order)
+    zs = zs - zs[:, :1]
+    sq, ps = s_q.gather(-1, order), p.gather(-1, order)
+    csum = zs.cumsum(-1)
+    excess = csum - torch.arange(1, N + 1, dtype=zs.dtype) * zs                # >= 0, non-decreasing
+    alphas = torch.tensor(axes["alpha"], dtype=zs.dtype)
+    k = (excess[None] < alphas[:, None, None]).sum(-1)                          # (A, P), >= 1
+    last = (k - 1).T                                                            # (P, A) index of the last in S
+    t = ((csum.gather(-1, last) - alphas) / k.T)                                # (P, A) threshold, s_c units
+    p_in, psc_in = ps.cumsum(-1).gather(-1, last), (ps * zs).cumsum(-1).gather(-1, last)
+    out = torch.empty(len(axes["alpha"]), len(axes["beta"]), len(axes["kappa"]), P, dtype=zs.dtype)
+    zs32, sq32 = zs.to(work), sq.to(work)
+    for b, beta in enumerate(axes["beta"]):
+        bsq = beta * sq32
+        m_rest = bsq.amax(-1, keepdim=True)
+        tail = (bsq - m_rest).exp_().flip(-1).cumsum(-1).flip(-1)               # sum_{i >= j}, j = 0..N-1
+        tail = torch.cat([tail, torch.zeros(P, 1, dtype=tail.dtype)], -1)
+        log_rest = tail.gather(-1, k.T).double().log() + m_rest.double()        # (P, A); -inf when S is everything
+        for c, kappa in enumerate(axes["kappa"]):
+            w = torch.add(bsq, zs32, alpha=beta * kappa)
+            m = w.amax(-1, keepdim=True)
+            log_in = (w.sub_(m).exp_().cumsum(-1).gather(-1, last).double().log() + m.double()
+                      - (beta * kappa) * t)
+            log_z = torch.logaddexp(log_rest, log_in)
+            out[:, b, c] = (negent[:, None] - beta * ps_q[:, None] - beta * kappa * (psc_in - t * p_in) + log_z).T
+    return out
 
 
 @dataclass
@@ -201,6 +301,7 @@ class GridFit:
     kl: float
     surface: torch.Tensor
     axes: dict
+    index: tuple = ()     # the point's position on each axis
 
 
 def _rows(rows, n: int) -> torch.Tensor:
@@ -211,8 +312,9 @@ def _best(axes: dict, per_query: torch.Tensor, rows: torch.Tensor, model: str) -
     surface = per_query[..., rows].mean(-1)
     flat = int(torch.argmin(surface))  # first minimum in grid order: ties go to the smaller values
     pos = torch.unravel_index(torch.tensor(flat), surface.shape)
-    params = {name: axes[name][int(i)] for name, i in zip(axes, pos)}
-    return GridFit(model=model, params=params, kl=float(surface.reshape(-1)[flat]), surface=surface, axes=axes)
+    params = _params(model, axes, pos)
+    return GridFit(model=model, params=params, kl=float(surface.reshape(-1)[flat]), surface=surface, axes=axes,
+                   index=tuple(int(i) for i in pos))
 
 
 def fit_grid(model: str, s_q, s_c, target_logp, grid: dict, rows=None) -> GridFit:
@@ -227,7 +329,8 @@ def fit_grid(model: str, s_q, s_c, target_logp, grid: dict, rows=None) -> GridFi
 @dataclass
 class CrossFit:
     """Held-out results of one model: per query the KL to the target, the model's argmax token and the index of
-    its fold; per fold the fitted parameters (``extra``: for grid models the axes and the in-sample KL surface)."""
+    its fold; per fold the fitted parameters (``extra``: for grid models the axes, the in-sample KL surface and per
+    fold the fitted point's position on each axis, ``index``)."""
 
     model: str
     kl: torch.Tensor
@@ -254,23 +357,28 @@ def _folds(folds, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 @torch.no_grad()
-def cross_fit(model: str, s_q, s_c, target_logp, folds, grid: dict | None = None) -> CrossFit:
+def cross_fit(model: str, s_q, s_c, target_logp, folds, grid: dict | None = None, *,
+              grid_dtype: torch.dtype | None = None) -> CrossFit:
     r"""Cross-fitted evaluation of ``model`` (one of :data:`MODELS`): parameters chosen on each fold's fitting rows
     (least mean KL on the grid; ``prior``: the mean of :math:`p_{ICL}` over them; ``zero_shot``: none) and scored on
-    its evaluation rows. The fixed point has its own, cheaper protocol: :func:`cross_fit_fixed_point`."""
+    its evaluation rows. The fixed point has its own grid: :func:`cross_fit_fixed_point_grid`. ``grid_dtype``: the
+    grid runs on the scores cast to it (float32: fast, its KL differences far above float32's round-off), the
+    held-out scores in the scores' own dtype (float64 scores: two models that agree to round-off, such as the gate
+    past its dense limit and the dense bias, differ by ~1e-12 nats, not float32's ~1e-6)."""
     s_q, s_c = _pair(s_q, s_c)
     t = _target(target_logp, s_q)
     n = s_q.shape[0]
     folds = _folds(folds, n)
     if model not in ("zero_shot", "dense", "gated", "prior"):
-        raise ValueError(f"model must be one of zero_shot, dense, gated, prior (fixed_point: cross_fit_fixed_point), "
-                         f"got {model!r}")
+        raise ValueError(f"model must be one of zero_shot, dense, gated, prior (fixed_point: "
+                         f"cross_fit_fixed_point_grid), got {model!r}")
     kl_out = torch.empty(n, dtype=s_q.dtype)
     arg = torch.empty(n, dtype=torch.long)
     fold_of = torch.empty(n, dtype=torch.long)
     res = CrossFit(model=model, kl=kl_out, argmax=arg, fold=fold_of)
     if model in GRID_MODELS:
-        axes, per_query = kl_grid(model, s_q, s_c, t, grid)
+        cast = (lambda x: x) if grid_dtype is None else (lambda x: x.to(grid_dtype))
+        axes, per_query = kl_grid(model, cast(s_q), cast(s_c), cast(t), grid)
         res.extra.update(axes=axes, surface=per_query.mean(-1))   # in-sample mean KL over all queries (descriptive)
     elif grid is not None:
         raise ValueError(f"model {model!r} takes no grid")
@@ -286,57 +394,143 @@ def cross_fit(model: str, s_q, s_c, target_logp, folds, grid: dict | None = None
         else:
             best = _best(axes, per_query, fit, model)
             res.params.append(best.params)
+            res.extra.setdefault("index", []).append(best.index)
             lp = log_probs(model, s_q[ev], s_c[ev], best.params)
         kl_out[ev] = kl(t[ev], lp)
         arg[ev] = lp.argmax(-1)
     return res
 
 
+#: the two halves of the fixed point's grid: contraction bound below 1 (unique fixed point) and at least 1
+REGIONS = ("inside", "outside")
+
+
+@dataclass
+class FixedPointGrid:
+    """The fixed point (model d) at every point of its own grid: per point and query the KL to the target, the
+    argmax token and whether the solver converged; per point the contraction bound; the reduced width."""
+
+    axes: dict
+    kl: torch.Tensor          # (A, B, C, P)
+    argmax: torch.Tensor      # (A, B, C, P)
+    converged: torch.Tensor   # (A, B, C, P)
+    bound: torch.Tensor       # (A, B, C)
+    columns: int
+
+
+def _reduce(s_q: torch.Tensor, s_c: torch.Tensor, beta: float, margin: float):
+    r"""The exact reduced problem for one beta: the K columns whose s_c exceeds max s_c - ``margin`` (all that can
+    ever carry gate mass for alpha + lambda <= margin, :func:`cgar_src.theory.dynamics.support_screen`) and one
+    column standing for the rest: its s_q is :math:`\log\sum_{rest} e^{\beta s_{q,j}}/\beta` and its s_c lies so
+    far below that it never enters the gate's support."""
+    top = s_c.amax(-1, keepdim=True)
+    k = int((s_c > top - margin * (1 + 1e-6) - 1e-9 * top.abs()).sum(-1).max())
+    idx = s_c.topk(k, dim=-1).indices
+    rest = (beta * s_q).scatter(-1, idx, float("-inf"))
+    lse_rest = torch.logsumexp(rest, -1)
+    if k == s_c.shape[-1]:      # nothing left: a column of no weight (e^-1000 relative to every other) keeps the shape
+        lse_rest = (beta * s_q).amin(-1) - 1000.0
+    sq_r = torch.cat([s_q.gather(-1, idx), (lse_rest / beta)[:, None]], -1)
+    sc_r = torch.cat([s_c.gather(-1, idx), top - 3 * margin - 1], -1)
+    return idx, sq_r, sc_r, rest.amax(-1), rest.argmax(-1)
+
+
 @torch.no_grad()
-def cross_fit_fixed_point(s_q, s_c, target_logp, folds, gated: CrossFit, lambda_fractions: list[float], *,
-                          tol: float = 1e-9, max_iter: int = 500) -> CrossFit:
-    r"""Cross-fitted fixed point (model d): on each fold, alpha and beta of the gated model's fit on that fold
-    (``gated``, from :func:`cross_fit`) and lambda chosen among ``lambda_fractions`` times the gated model's lambda by
-    the mean KL over the fitting rows (the fraction 1 is the first-order fit itself); then
-    :math:`p^* = \Phi(p^*)` on the evaluation rows. ``extra`` holds per query whether the solver converged and its
-    iterations, and per fold the contraction bound :math:`\beta\lambda^2/(2\alpha)`."""
+def fixed_point_grid(s_q, s_c, target_logp, grid: dict, *, tol: float = 1e-9, max_iter: int = 300,
+                     damping: float = 1.0) -> FixedPointGrid:
+    r"""Model (d) at every point of its own ``grid`` (keys ``alpha``, ``beta``, ``lam``), each query's fixed point
+    the one reached from the first-order start :math:`\Phi(0)` by the iteration
+    :math:`p \leftarrow (1-\omega)p + \omega\Phi(p)` (``damping`` = :math:`\omega`, default 1: the plain iteration
+    :math:`p \leftarrow \Phi(p)`; :func:`cgar_src.theory.dynamics.fixed_point`), stopped at ``tol`` or ``max_iter``
+    (``converged`` says which; a query that has not converged is scored at its last iterate). Below the contraction
+    bound :math:`\beta\lambda^2/(2\alpha) < 1` it is the unique fixed point (Theorem ``thm-fixed-point``, chapter
+    ``05_fixed_point``); above it, where several may exist, it is the one the iteration reaches from the first-order
+    start. Each beta's problem is first reduced exactly (:func:`_reduce`: the columns that can carry gate mass for
+    the grid's largest alpha + lambda, plus one for the rest), each point's iteration screens again to its own
+    alpha + lambda, and the KL is the sparse identity of the module docstring at the returned gate:
+    :math:`\mathrm{KL} = \sum_i p_i\log p_i - \beta\,p\cdot s_q - \beta\lambda\,p_C\cdot g_C + \log Z`."""
     s_q, s_c = _pair(s_q, s_c)
     t = _target(target_logp, s_q)
+    names = ("alpha", "beta", "lam")
+    if not isinstance(grid, dict) or set(grid) != set(names):
+        raise ValueError(f"grid of the fixed point must be a dict with exactly the keys {names}, got {grid!r}")
+    axes = {}
+    for name in names:
+        vals = grid[name]
+        if not isinstance(vals, (list, tuple)) or not vals:
+            raise ValueError(f"grid[{name!r}] must be a non-empty list of numbers, got {vals!r}")
+        axes[name] = [positive(v, f"grid[{name!r}] entry") for v in vals]
+    positive(damping, "damping")
+    p = t.exp()
+    negent, ps_q = _neg_entropy(t), (p * s_q).sum(-1)
+    shape = (len(axes["alpha"]), len(axes["beta"]), len(axes["lam"]), s_q.shape[0])
+    kl_out, arg = torch.empty(shape, dtype=s_q.dtype), torch.empty(shape, dtype=torch.long)
+    conv, bound = torch.empty(shape, dtype=torch.bool), torch.empty(shape[:3], dtype=torch.float64)
+    margin = max(axes["alpha"]) + max(axes["lam"])
+    with single_thread():
+        columns = _solve_grid(s_q, s_c, p, negent, ps_q, axes, margin, kl_out, arg, conv, bound, tol=tol,
+                              max_iter=max_iter, damping=damping)
+    return FixedPointGrid(axes=axes, kl=kl_out, argmax=arg, converged=conv, bound=bound, columns=columns)
+
+
+def _solve_grid(s_q, s_c, p, negent, ps_q, axes, margin, kl_out, arg, conv, bound, *, tol, max_iter, damping) -> int:
+    """:func:`fixed_point_grid`'s loop: fills ``kl_out``, ``arg``, ``conv``, ``bound``; returns the reduced width."""
+    columns = 0
+    for b, beta in enumerate(axes["beta"]):
+        idx, sq_r, sc_r, rest_max, rest_arg = _reduce(s_q, s_c, beta, margin)
+        columns = max(columns, idx.shape[-1])
+        p_c = p.gather(-1, idx)
+        for a, alpha in enumerate(axes["alpha"]):
+            for c, lam in enumerate(axes["lam"]):
+                fp = dynamics.fixed_point(sq_r, sc_r, alpha, beta, lam, tol=tol, max_iter=max_iter, damping=damping,
+                                          screen=True)
+                logits = beta * (sq_r + lam * fp.g)
+                log_z = torch.logsumexp(logits, -1)
+                kl_out[a, b, c] = negent - beta * ps_q - beta * lam * (p_c * fp.g[:, :-1]).sum(-1) + log_z
+                best = logits[:, :-1].max(-1)
+                arg[a, b, c] = torch.where(best.values >= rest_max, idx.gather(-1, best.indices[:, None])[:, 0],
+                                           rest_arg)
+                conv[a, b, c] = fp.converged
+                bound[a, b, c] = fp.bound
+    return columns
+
+
+@torch.no_grad()
+def cross_fit_fixed_point_grid(s_q, s_c, target_logp, folds, grid: dict, *, tol: float = 1e-9, max_iter: int = 300,
+                               damping: float = 1.0) -> dict[str, CrossFit]:
+    r"""Cross-fitted fixed point on its own grid (:func:`fixed_point_grid`), once per region of :data:`REGIONS`:
+    on each fold the grid point of least mean KL over the fitting rows among those with contraction bound
+    :math:`\beta\lambda^2/(2\alpha) < 1` (``"inside"``: the fixed point is unique) or :math:`\ge 1` (``"outside"``:
+    the one reached from the first-order start), scored on the evaluation rows. ``extra``: per query whether the
+    solver converged; per fold the bound; the axes, and the in-sample mean-KL surface (``inf`` off the region)."""
+    s_q, s_c = _pair(s_q, s_c)
     n = s_q.shape[0]
     folds = _folds(folds, n)
-    if not isinstance(gated, CrossFit) or gated.model != "gated" or len(gated.params) != len(folds):
-        raise ValueError("gated must be the gated model's CrossFit on the same folds")
-    if (not isinstance(lambda_fractions, (list, tuple)) or not lambda_fractions
-            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in lambda_fractions)):
-        raise ValueError(f"lambda_fractions must be a non-empty list of numbers in (0, 1], got {lambda_fractions!r}")
-    res = CrossFit(model="fixed_point", kl=torch.empty(n, dtype=s_q.dtype), argmax=torch.empty(n, dtype=torch.long),
-                   fold=torch.empty(n, dtype=torch.long))
-    res.extra.update(converged=torch.zeros(n, dtype=torch.bool), iterations=torch.zeros(n, dtype=torch.long),
-                     bound=[], fit_kl=[])
-    solved: dict[tuple, tuple] = {}   # every query's fixed point is its own: solve all queries once per setting
-
-    def solve(alpha: float, beta: float, lam: float) -> tuple:
-        if (alpha, beta, lam) not in solved:
-            lp, fp = log_probs_fixed_point(s_q, s_c, alpha, beta, lam, tol=tol, max_iter=max_iter)
-            solved[alpha, beta, lam] = kl(t, lp), lp.argmax(-1), fp
-        return solved[alpha, beta, lam]
-
-    for f, (fit, ev) in enumerate(folds):
-        base = gated.params[f]
-        lams = sorted({base["lam"] * fr for fr in lambda_fractions})
-        fit_kl = [float(solve(base["alpha"], base["beta"], lam)[0][fit].mean()) for lam in lams]
-        lam = lams[min(range(len(lams)), key=fit_kl.__getitem__)]
-        params = {"alpha": base["alpha"], "beta": base["beta"], "lam": lam}
-        kl_all, arg_all, fp = solve(**params)
-        res.fold[ev] = f
-        res.kl[ev] = kl_all[ev]
-        res.argmax[ev] = arg_all[ev]
-        res.extra["converged"][ev] = fp.converged[ev]
-        res.extra["iterations"][ev] = fp.iterations[ev]
-        res.extra["bound"].append(fp.bound)
-        res.extra["fit_kl"].append(dict(zip(lams, fit_kl)))
-        res.params.append(params)
-    return res
+    fg = fixed_point_grid(s_q, s_c, target_logp, grid, tol=tol, max_iter=max_iter, damping=damping)
+    out = {}
+    for region in REGIONS:
+        allowed = fg.bound < 1 if region == "inside" else fg.bound >= 1
+        if not bool(allowed.any()):
+            raise ValueError(f"grid of the fixed point has no point {region} the contraction region (bound "
+                             f"{'< 1' if region == 'inside' else '>= 1'}); widen grid['lam'] or grid['alpha']")
+        res = CrossFit(model="fixed_point", kl=torch.empty(n, dtype=s_q.dtype), argmax=torch.empty(n, dtype=torch.long),
+                       fold=torch.empty(n, dtype=torch.long))
+        res.extra.update(converged=torch.zeros(n, dtype=torch.bool), bound=[], region=region, axes=fg.axes,
+                         surface=torch.where(allowed, fg.kl.mean(-1), torch.full_like(fg.bound, float("inf"))),
+                         columns=fg.columns)
+        for f, (fit, ev) in enumerate(folds):
+            surface = torch.where(allowed, fg.kl[..., fit].mean(-1), torch.full_like(fg.bound, float("inf")))
+            flat = int(torch.argmin(surface))
+            a, b, c = (int(i) for i in torch.unravel_index(torch.tensor(flat), surface.shape))
+            res.params.append({"alpha": fg.axes["alpha"][a], "beta": fg.axes["beta"][b], "lam": fg.axes["lam"][c]})
+            res.extra.setdefault("index", []).append((a, b, c))
+            res.fold[ev] = f
+            res.kl[ev] = fg.kl[a, b, c, ev]
+            res.argmax[ev] = fg.argmax[a, b, c, ev]
+            res.extra["converged"][ev] = fg.converged[a, b, c, ev]
+            res.extra["bound"].append(float(fg.bound[a, b, c]))
+        out[region] = res
+    return out
 
 
 def support_sizes(s_c, alphas) -> torch.Tensor:
@@ -407,28 +601,31 @@ def multistart_fixed_points(s_q, s_c, alpha: float, beta: float, lam: float, sta
     simplex; ``None`` = the first-order start) and count the distinct fixed points per query (two converged
     solutions are the same when their :math:`\ell_1` distance is below ``distinct_tol``).
 
-    Each start is solved by :func:`cgar_src.theory.dynamics.fixed_point` with ``screen=True``: the iteration runs on
-    the columns that can carry gate mass plus one for the rest of the vocabulary (:math:`\Phi(p)` depends on p only
-    through the screened columns, chapter ``03_separation``), so a start costs a few columns per step, not the
-    vocabulary; the solver returns the full fixed point."""
+    The problem is first reduced exactly (:func:`_reduce` with margin alpha + lambda): :math:`\Phi(p)` depends on p
+    only through the K columns that can carry gate mass (chapter ``03_separation``), and off them every fixed point
+    has the form :math:`p_j \propto e^{\beta s_{q,j}}`, so a fixed point is its K entries plus the mass of the rest,
+    one column. A start enters through its K entries and its remaining mass; the :math:`\ell_1` distance of two
+    fixed points is the same on the reduced and on the full vocabulary; each start then costs K + 1 columns per
+    step (:func:`cgar_src.theory.dynamics.fixed_point` on the reduced problem)."""
     s_q, s_c = _pair(s_q, s_c)
     alpha, beta, lam = positive(alpha, "alpha"), positive(beta, "beta"), nonnegative(lam, "lam")
     if not isinstance(starts, dict) or not starts:
         raise ValueError("starts must be a non-empty dict of name -> start distribution (or None)")
     P, N = s_q.shape
+    checked = {}
     for name, p0 in starts.items():
         if p0 is None:
+            checked[name] = None
             continue
         p0 = as_tensor(p0, f"starts[{name!r}]", dtype=s_q.dtype)
         if p0.shape not in ((N,), (P, N)) or bool((p0 < 0).any()) or not torch.allclose(
                 p0.sum(-1), torch.ones((), dtype=p0.dtype), atol=1e-6):
             raise ValueError(f"starts[{name!r}] must be a distribution over the {N} columns, shape ({N},) or ({P}, {N})")
-    sols, conv, argmax = [], [], {}
-    for name, p0 in starts.items():
-        fp = dynamics.fixed_point(s_q, s_c, alpha, beta, lam, tol=tol, max_iter=max_iter, p0=p0, screen=True)
-        sols.append(fp.p)
-        conv.append(fp.converged)
-        argmax[name] = fp.p.argmax(-1)
+        checked[name] = p0.expand(P, N)
+    idx, sq_r, sc_r, rest_max, rest_arg = _reduce(s_q, s_c, beta, alpha + lam)
+    with single_thread():
+        sols, conv, argmax = _multistart(checked, idx, sq_r, sc_r, rest_max, rest_arg, alpha, beta, lam, tol=tol,
+                                         max_iter=max_iter)
     conv = torch.stack(conv)                                  # (S, P)
     n_distinct = torch.zeros(P, dtype=torch.long)
     for i in range(P):
@@ -438,4 +635,23 @@ def multistart_fixed_points(s_q, s_c, alpha: float, beta: float, lam: float, sta
                 reps.append(sols[s][i])
         n_distinct[i] = len(reps)
     return MultiStart(n_distinct=n_distinct, n_converged=conv.sum(0), argmax=argmax,
-                      bound=dynamics.contraction_bound(alpha, beta, lam), columns=fp.columns)
+                      bound=dynamics.contraction_bound(alpha, beta, lam), columns=idx.shape[-1])
+
+
+def _multistart(starts: dict, idx, sq_r, sc_r, rest_max, rest_arg, alpha: float, beta: float, lam: float, *,
+                tol: float, max_iter: int) -> tuple[list, list, dict]:
+    """:func:`multistart_fixed_points`' solves on the reduced problem: per start the fixed point (K + 1 columns),
+    whether it converged and its argmax token over the full vocabulary."""
+    sols, conv, argmax = [], [], {}
+    for name, p0 in starts.items():
+        x0 = None
+        if p0 is not None:
+            on = p0.gather(-1, idx)
+            x0 = torch.cat([on, (1 - on.sum(-1, keepdim=True)).clamp_min(0)], -1)
+            x0 = x0 / x0.sum(-1, keepdim=True)
+        fp = dynamics.fixed_point(sq_r, sc_r, alpha, beta, lam, tol=tol, max_iter=max_iter, p0=x0, screen=False)
+        sols.append(fp.p)
+        conv.append(fp.converged)
+        best = (beta * (sq_r[:, :-1] + lam * fp.g[:, :-1])).max(-1)
+        argmax[name] = torch.where(best.values >= rest_max, idx.gather(-1, best.indices[:, None])[:, 0], rest_arg)
+    return sols, conv, argmax

@@ -1,17 +1,20 @@
 r"""Held-out verdicts on the gate chapter's models and the theory's quantities on the fitted gate (book chapter
 ``12_gate_in_transformer``), from the evaluations of :func:`cgar_src.analysis.crossfit.evaluate`.
 
-* :func:`gate_vs_dense`: the chapter's question, sparse gate (c) against dense bias (b) on the same held-out queries.
-  On the distribution itself the paired difference :math:`\mathrm{mean}_i(\mathrm{KL}_i^{dense} -
-  \mathrm{KL}_i^{gate})` with a percentile-bootstrap interval (> 0: the gate is closer to :math:`p_{ICL}`); on top-1
-  agreement and label accuracy :func:`cgar_src.analysis.stats.compare`. A side wins only when the interval excludes 0.
-* :func:`model_table`: every model's held-out KL, agreement and accuracy with intervals, the paired verdicts and
-  their tally over the settings.
+* :func:`gate_vs_dense`: the chapter's question, sparse gate (c) against dense bias (b) on the same held-out queries,
+  every difference decided by an exact paired test (:mod:`cgar_src.analysis.stats`): on the distribution itself the
+  per-query difference :math:`\mathrm{KL}_i^{dense} - \mathrm{KL}_i^{gate}` by the sign test (positive: the gate is
+  closer to :math:`p_{ICL}`), on top-1 agreement and label accuracy by the exact McNemar test
+  (:func:`cgar_src.analysis.stats.compare`); the same sign test for the gate against each fitted fixed point. A side
+  wins only when its test rejects at level 0.05; the bootstrap interval beside it only shows the size.
+* :func:`model_table`: every model's held-out KL, agreement and accuracy with intervals, the paired verdicts, their
+  tally over the settings and the tests the claims ledger reads (:meth:`ModelTable.ledger_tests`).
+* :func:`grid_edges`: which fitted parameters sit at an end of their grid (a fit there may lie beyond it).
 * :func:`uniqueness_tests`: the fixed point's count is a test of Theorem ``thm-fixed-point`` (chapter
   ``05_fixed_point``) only where the contraction bound :math:`\beta\lambda^2/(2\alpha)` is below 1, where the theorem
   promises one fixed point; a fold passes when every one of its queries has exactly one.
 * :func:`theory_table`: the theory's quantities per setting (support, one-hotness, :math:`\alpha_{crit}`,
-  :math:`\Delta_{gate}`, bounds, fixed points).
+  :math:`\Delta_{gate}`, bounds, fixed points inside and outside the contraction region).
 """
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ import torch
 
 from ..theory import dynamics
 from .crossfit import Evaluation
-from .stats import Comparison, accuracy_ci, bootstrap_ci, compare
+from .gate_fit import CrossFit
+from .stats import Comparison, SignTest, accuracy_ci, bootstrap_ci, compare, ledger_entry, sign_test
 
 __all__ = ["MODEL_NAMES", "WHO", "GateVsDense", "gate_vs_dense", "tally", "overall_verdict", "ModelTable",
-           "model_table", "uniqueness_tests", "TheoryTable", "theory_table"]
+           "model_table", "grid_edges", "GRID_FITS", "edge_report", "uniqueness_tests", "TheoryTable", "theory_table"]
 
 MODEL_NAMES = {"zero_shot": "(a) zero-shot", "dense": "(b) dense bias", "gated": "(c) sparse gate",
-               "fixed_point": "(d) fixed point", "prior": "(e) prior / majority"}
+               "fixed_point": "(d) fixed pt, bound<1", "fixed_point_out": "(d') fixed pt, bound>=1",
+               "prior": "(e) prior / majority"}
 WHO = ("gate", "dense", "tie")
 
 
@@ -36,29 +41,29 @@ def _r4(ci) -> list[float]:
     return [round(float(x), 4) for x in ci]
 
 
-def _pm(ci) -> str:
-    return f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]"
+def _test(t: Comparison | SignTest) -> dict:
+    """A paired test as the chapter saves it (:func:`cgar_src.analysis.stats.paired_from_record` rebuilds it)."""
+    return {"test": t.test} | {k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(t).items()}
 
 
-def _winner(c: Comparison) -> str:
+def _winner(c: Comparison | SignTest) -> str:
     return "gate" if c.better else "dense" if c.worse else "tie"
 
 
 @dataclass(frozen=True)
 class GateVsDense:
-    """Gate minus dense on the same held-out queries, and the fixed point's KL reduction over the gate."""
+    """Gate minus dense on the same held-out queries (exact paired tests), and the gate against each fixed point."""
 
-    kl_reduction: tuple[float, float, float]               # KL(dense) - KL(gate): mean, interval; > 0: gate closer
-    agree: Comparison                                       # agreement with the in-context argmax, gate - dense
-    accuracy: Comparison                                    # label accuracy, gate - dense
-    fixed_point_kl_reduction: tuple[float, float, float]    # KL(gate) - KL(fixed point); > 0: fixed point closer
+    kl_reduction: SignTest               # KL(dense) - KL(gate) per query, sign test; > 0: the gate closer
+    agree: Comparison                    # agreement with the in-context argmax, gate - dense, McNemar
+    accuracy: Comparison                 # label accuracy, gate - dense, McNemar
+    fixed_point_kl_reduction: SignTest   # KL(gate) - KL(fixed point inside the contraction region); > 0: fp closer
+    fixed_point_out_kl_reduction: SignTest   # KL(gate) - KL(fixed point outside it)
 
     @property
     def kl_winner(self) -> str:
-        """``"gate"`` or ``"dense"`` when the KL difference's interval excludes 0, else ``"tie"``."""
-        mean, lo, hi = self.kl_reduction
-        real = lo > 0 or hi < 0
-        return "gate" if real and mean > 0 else "dense" if real else "tie"
+        """``"gate"`` or ``"dense"`` when the sign test rejects (the side more queries favour), else ``"tie"``."""
+        return _winner(self.kl_reduction)
 
     @property
     def agree_winner(self) -> str:
@@ -72,14 +77,17 @@ class GateVsDense:
 def gate_vs_dense(per_query: Mapping[str, Mapping[str, torch.Tensor]], *, seed: int = 0) -> GateVsDense:
     """The paired comparisons of the module docstring from per-query results (``per_query[model]["kl"]``,
     ``["agree"]``, ``["correct"]``)."""
-    for m in ("dense", "gated", "fixed_point"):
+    for m in ("dense", "gated", "fixed_point", "fixed_point_out"):
         if m not in per_query:
-            raise ValueError(f"per_query must hold the models dense, gated and fixed_point; missing {m!r}")
+            raise ValueError(f"per_query must hold the models dense, gated, fixed_point and fixed_point_out; "
+                             f"missing {m!r}")
     q = per_query
-    return GateVsDense(kl_reduction=bootstrap_ci(q["dense"]["kl"] - q["gated"]["kl"], seed=seed),
+    return GateVsDense(kl_reduction=sign_test(q["dense"]["kl"] - q["gated"]["kl"], seed=seed),
                        agree=compare(q["gated"]["agree"], q["dense"]["agree"], seed=seed),
                        accuracy=compare(q["gated"]["correct"], q["dense"]["correct"], seed=seed),
-                       fixed_point_kl_reduction=bootstrap_ci(q["gated"]["kl"] - q["fixed_point"]["kl"], seed=seed))
+                       fixed_point_kl_reduction=sign_test(q["gated"]["kl"] - q["fixed_point"]["kl"], seed=seed),
+                       fixed_point_out_kl_reduction=sign_test(q["gated"]["kl"] - q["fixed_point_out"]["kl"],
+                                                              seed=seed))
 
 
 def tally(verdicts: Sequence[tuple[str, str]], who: str) -> str:
@@ -136,7 +144,7 @@ class ModelTable:
             lines.append(f"{ds:>7} {l:>5} {'in-context (target)':>20} {'0 by definition':>26} {'1.00':>20} "
                          f"{ci2(self.icl[ds, l]):>20}")
             p = self.paired[ds, l]
-            lines += [f"{'':>7} {'':>5} KL(dense) - KL(gate) = {_pm(p.kl_reduction)}; agreement gate - dense "
+            lines += [f"{'':>7} {'':>5} KL(dense) - KL(gate) = {p.kl_reduction}; agreement gate - dense "
                       f"{p.agree}; accuracy gate - dense {p.accuracy}", ""]
         lines.append(f"KL to the in-context distribution: gate closer in {tally(self.verdicts['kl'], 'gate')} | dense "
                      f"closer in {tally(self.verdicts['kl'], 'dense')} | indistinguishable in "
@@ -151,12 +159,19 @@ class ModelTable:
             for m in MODEL_NAMES:
                 out |= {f"{tag}_kl_{m}": f"{rows[m]['kl'][0]:.3f}", f"{tag}_agree_{m}": f"{rows[m]['agree'][0]:.2f}",
                         f"{tag}_acc_{m}": f"{rows[m]['accuracy'][0]:.2f}"}
-            out |= {f"{tag}_acc_icl": f"{self.icl[s][0]:.2f}", f"{tag}_dkl": _pm(p.kl_reduction),
+            out |= {f"{tag}_acc_icl": f"{self.icl[s][0]:.2f}", f"{tag}_dkl": str(p.kl_reduction),
                     f"{tag}_dagree": str(p.agree), f"{tag}_dacc": str(p.accuracy),
-                    f"{tag}_dkl_fp": _pm(p.fixed_point_kl_reduction)}
+                    f"{tag}_dkl_fp": str(p.fixed_point_kl_reduction),
+                    f"{tag}_dkl_fp_out": str(p.fixed_point_out_kl_reduction)}
         for key, v in self.verdicts.items():
             for who in WHO:
                 out[f"{key}_{who}"] = tally(v, who)
+        where = {s: f"{s[0]} at layer {s[1]}" for s in self.paired}
+        for name, attr in (("fp", "fixed_point_kl_reduction"), ("fp_out", "fixed_point_out_kl_reduction")):
+            closer = [(where[s], "gate" if getattr(p, attr).worse else "dense" if getattr(p, attr).better else "tie")
+                      for s, p in self.paired.items()]
+            out[f"{name}_gate_closer"] = tally(closer, "gate")      # the gate closer than the fixed point
+            out[f"{name}_closer"] = tally(closer, "dense")          # the fixed point closer than the gate
         return out | {"verdict": self.verdict}
 
     def summary(self) -> dict:
@@ -168,18 +183,32 @@ class ModelTable:
                        "params": self.params[ds, l][m]} for m, c in rows.items()}
             p = self.paired[ds, l]
             row["in-context (target)"] = {"accuracy": _r4(self.icl[ds, l])}
-            row["gate_minus_dense"] = {"kl_reduction": _r4(p.kl_reduction), "agree": str(p.agree),
-                                       "accuracy": str(p.accuracy),
-                                       "fixed_point_kl_reduction_over_gate": _r4(p.fixed_point_kl_reduction)}
+            row["gate_minus_dense"] = {"kl_reduction": _test(p.kl_reduction), "agree": _test(p.agree),
+                                       "accuracy": _test(p.accuracy),
+                                       "fixed_point_kl_reduction_over_gate": _test(p.fixed_point_kl_reduction),
+                                       "fixed_point_out_kl_reduction_over_gate":
+                                           _test(p.fixed_point_out_kl_reduction)}
             out[f"{ds}/{l}"] = row
         return out | {"verdicts": self.verdicts}
+
+    def ledger_tests(self) -> list[dict]:
+        """The tests the claims ledger's row ``gate`` rests on (:func:`cgar_src.analysis.stats.ledger_entry`), per
+        setting: the KL difference (role ``kl``, "KL(dense) - KL(gate)", sign test) and the agreement with the
+        in-context prediction (role ``agree``, gate minus dense, McNemar)."""
+        out = []
+        for (ds, l), p in self.paired.items():
+            where = f"{ds} at layer {l}"
+            out += [ledger_entry("gate", "kl", where, "KL(dense) - KL(gate)", p.kl_reduction),
+                    ledger_entry("gate", "agree", where, "agreement with the in-context argmax, gate - dense",
+                                 p.agree)]
+        return out
 
 
 def model_table(results: Mapping[tuple[str, int], Evaluation], layer_tag: Mapping[int, str], *,
                 seed: int = 0) -> ModelTable:
     """Intervals and paired verdicts of every setting ``(dataset, context layer)`` of ``results``: KL with a
     percentile-bootstrap interval, agreement and accuracy with Wilson intervals (the prior's accuracy is its
-    fitting rows' majority label)."""
+    fitting rows' majority label), gate against dense by exact paired tests (:func:`gate_vs_dense`)."""
     if not results:
         raise ValueError("results must hold at least one setting (dataset, layer) -> Evaluation")
     cis, icl, paired, params, tags = {}, {}, {}, {}, {}
@@ -195,6 +224,40 @@ def model_table(results: Mapping[tuple[str, int], Evaluation], layer_tag: Mappin
         params[ds, l] = {m: r.fits[m].params for m in MODEL_NAMES}
         tags[ds, l] = f"{ds}_{layer_tag[l]}"
     return ModelTable(cis=cis, icl=icl, paired=paired, params=params, tags=tags)
+
+
+_AXIS_NAMES = {"alpha": "alpha", "beta": "beta", "lam": "lambda", "kappa": "lambda/alpha"}
+
+
+def grid_edges(fit: CrossFit) -> list[str]:
+    """The fitted parameters of a grid model's cross-fit (``fit.extra``: ``axes`` and per fold ``index``) that sit at
+    an end of their axis, e.g. ``"alpha = 3e+06 (largest)"``; a coupling of 0 is not an edge (no smaller value
+    exists). Empty for a fit strictly inside its grid."""
+    if "axes" not in fit.extra or "index" not in fit.extra:
+        raise ValueError(f"fit must be a grid model's CrossFit (extra holds 'axes' and 'index'), got model {fit.model!r}")
+    out: list[str] = []
+    for pos in fit.extra["index"]:
+        for (name, vals), i in zip(fit.extra["axes"].items(), pos):
+            if len(vals) < 2:
+                continue
+            end = "largest" if i == len(vals) - 1 else "smallest" if i == 0 and vals[0] > 0 else None
+            hit = f"{_AXIS_NAMES.get(name, name)} = {vals[i]:g} ({end})" if end else None
+            if hit and hit not in out:
+                out.append(hit)
+    return out
+
+
+GRID_FITS = ("dense", "gated", "fixed_point", "fixed_point_out")   #: the models fitted on a grid
+
+
+def edge_report(results: Mapping[tuple[str, int], Evaluation]) -> dict[str, str]:
+    """Per grid model (:data:`GRID_FITS`), the settings whose fit sits at a grid edge (:func:`grid_edges`), as the
+    chapter prints them: ``"sst2 at layer 30 (alpha = 3e+06 (largest))"`` joined by ``"; "``, or ``"none"``."""
+    out = {}
+    for m in GRID_FITS:
+        hits = [f"{ds} at layer {l} ({', '.join(e)})" for (ds, l), r in results.items() if (e := grid_edges(r.fits[m]))]
+        out[m] = "; ".join(hits) if hits else "none"
+    return out
 
 
 def uniqueness_tests(n_distinct: torch.Tensor, fold: torch.Tensor, bounds: Sequence[float]) -> tuple[int, int]:
@@ -214,21 +277,29 @@ def uniqueness_tests(n_distinct: torch.Tensor, fold: torch.Tensor, bounds: Seque
     return tested, passed
 
 
+def _fp_row(r: Evaluation, model: str, suffix: str) -> dict:
+    fit, th = r.fits[model], r.theory
+    return {f"fixed_point{suffix}_params": [[p["alpha"], p["beta"], p["lam"]] for p in fit.params],
+            f"bound_fixed_point{suffix}": fit.extra["bound"],
+            f"fixed_point{suffix}_converged": float(fit.extra["converged"].double().mean()),
+            f"multi_fixed_point{suffix}_fraction": float((th["n_distinct" + suffix] > 1).double().mean()),
+            f"max_fixed_points{suffix}": int(th["n_distinct" + suffix].max()),
+            f"starts_converged{suffix}_fraction": float(th["n_converged" + suffix].mean() / th["n_starts"])}
+
+
 def _theory_row(r: Evaluation) -> dict:
     th, fits = r.theory, r.fits
-    return {"alpha": [p["alpha"] for p in fits["gated"].params], "beta": [p["beta"] for p in fits["gated"].params],
-            "lam": [p["lam"] for p in fits["gated"].params], "alpha_crit_median": float(th["alpha_crit"].median()),
+    gated = fits["gated"].params
+    return {"alpha": [p["alpha"] for p in gated], "beta": [p["beta"] for p in gated],
+            "lam": [p["lam"] for p in gated], "kappa": [p["lam"] / p["alpha"] for p in gated],
+            "alpha_crit_median": float(th["alpha_crit"].median()),
+            "alpha_dense_median": float(r.alpha_dense.median()), "alpha_dense_max": float(r.alpha_dense.max()),
             "one_hot_fraction": float(th["one_hot"].mean()), "support_median": float(th["support"].median()),
             "support_max": int(th["support"].max()),
             "delta_gate_positive": float((th["delta_gate"] > 0).double().mean()),
             "delta_gate_mean": float(th["delta_gate"].mean()),
-            "bound_gated": [dynamics.contraction_bound(p["alpha"], p["beta"], p["lam"]) for p in fits["gated"].params],
-            "bound_fixed_point": fits["fixed_point"].extra["bound"],
-            "fixed_point_lambda": [p["lam"] for p in fits["fixed_point"].params],
-            "fixed_point_converged": float(fits["fixed_point"].extra["converged"].double().mean()),
-            "multi_fixed_point_fraction": float((th["n_distinct"] > 1).double().mean()),
-            "max_fixed_points": int(th["n_distinct"].max()),
-            "starts": th["n_starts"], "starts_converged_fraction": float(th["n_converged"].mean() / th["n_starts"])}
+            "bound_gated": [dynamics.contraction_bound(p["alpha"], p["beta"], p["lam"]) for p in gated],
+            **_fp_row(r, "fixed_point", ""), **_fp_row(r, "fixed_point_out", "_out"), "starts": th["n_starts"]}
 
 
 @dataclass
@@ -241,20 +312,23 @@ class TheoryTable:
     passed: int
 
     def text(self) -> str:
-        lines = [f"{'dataset':>7} {'layer':>5} {'alpha (folds)':>14} {'med a_crit':>10} {'one-hot':>8} "
-                 f"{'support med/max':>16} {'D_gate>0':>8} {'mean D_gate':>11} {'bound (c)':>10} {'bound (d)':>10} "
-                 f"{'fp conv':>7} {'>1 fixed pt':>11} {'max #':>5}"]
+        fmt = lambda xs, spec: ", ".join(f"{x:{spec}}" for x in xs)
+        lines = [f"{'dataset':>7} {'layer':>5} {'alpha (folds)':>16} {'lam/alpha':>12} {'med a_crit':>10} "
+                 f"{'one-hot':>7} {'support med/max':>15} {'D_gate>0':>8} {'bound (c)':>16} {'max a_dense':>11}"]
         for (ds, l), row in self.rows.items():
-            alpha_s = ", ".join(f"{a:g}" for a in row["alpha"])
-            support_s = f"{row['support_median']:.0f} / {row['support_max']}"
-            bc = ", ".join(f"{b:.3g}" for b in row["bound_gated"])
-            bd = ", ".join(f"{b:.3g}" for b in row["bound_fixed_point"])
-            lines.append(f"{ds:>7} {l:>5} {alpha_s:>14} {row['alpha_crit_median']:>10.3f} "
-                         f"{row['one_hot_fraction']:>8.2f} {support_s:>16} {row['delta_gate_positive']:>8.2f} "
-                         f"{row['delta_gate_mean']:>11.4f} {bc:>10} "
-                         f"{bd:>10} {row['fixed_point_converged']:>7.2f} {row['multi_fixed_point_fraction']:>11.2f} "
-                         f"{row['max_fixed_points']:>5}")
-        lines.append(f"fixed-point uniqueness tested where the bound of (d) is below 1: {self.tested} fold-settings, "
+            lines.append(f"{ds:>7} {l:>5} {fmt(row['alpha'], 'g'):>16} {fmt(row['kappa'], '.3g'):>12} "
+                         f"{row['alpha_crit_median']:>10.3f} {row['one_hot_fraction']:>7.2f} "
+                         f"{row['support_median']:>7.0f} / {row['support_max']:<5} {row['delta_gate_positive']:>8.2f} "
+                         f"{fmt(row['bound_gated'], '.3g'):>16} {row['alpha_dense_max']:>11.3g}")
+        lines += ["", f"{'dataset':>7} {'layer':>5} {'region':>7} {'(alpha, beta, lambda) per fold':>34} "
+                      f"{'bound':>12} {'converged':>9} {'>1 fixed pt':>11} {'max #':>5}"]
+        for (ds, l), row in self.rows.items():
+            for region, sfx in (("< 1", ""), (">= 1", "_out")):
+                pars = "; ".join(f"({a:g}, {b:g}, {lam:g})" for a, b, lam in row[f"fixed_point{sfx}_params"])
+                lines.append(f"{ds:>7} {l:>5} {region:>7} {pars:>34} {fmt(row[f'bound_fixed_point{sfx}'], '.3g'):>12} "
+                             f"{row[f'fixed_point{sfx}_converged']:>9.2f} "
+                             f"{row[f'multi_fixed_point{sfx}_fraction']:>11.2f} {row[f'max_fixed_points{sfx}']:>5}")
+        lines.append(f"fixed-point uniqueness tested where the bound is below 1: {self.tested} fold-settings, "
                      f"unique in {self.passed}")
         return "\n".join(lines)
 
@@ -265,22 +339,27 @@ class TheoryTable:
         for s, row in self.rows.items():
             tag = self.tags[s]
             out |= {f"{tag}_alpha": fmt(row["alpha"], "g"), f"{tag}_lam": fmt(row["lam"], "g"),
+                    f"{tag}_kappa": fmt(row["kappa"], ".3g"),
                     f"{tag}_beta": fmt(row["beta"], "g"), f"{tag}_alpha_crit": f"{row['alpha_crit_median']:.2f}",
+                    f"{tag}_alpha_dense": f"{row['alpha_dense_median']:.3g}",
+                    f"{tag}_alpha_dense_max": f"{row['alpha_dense_max']:.3g}",
                     f"{tag}_one_hot": f"{row['one_hot_fraction']:.2f}",
                     f"{tag}_support": f"{row['support_median']:.0f}",
                     f"{tag}_support_max": row["support_max"], f"{tag}_dgate_pos": f"{row['delta_gate_positive']:.2f}",
-                    f"{tag}_bound": fmt(row["bound_gated"], ".3g"),
-                    f"{tag}_bound_fp": fmt(row["bound_fixed_point"], ".3g"),
-                    f"{tag}_fp_lam": fmt(row["fixed_point_lambda"], "g"),
-                    f"{tag}_fp_conv": f"{row['fixed_point_converged']:.2f}",
-                    f"{tag}_multi": f"{row['multi_fixed_point_fraction']:.2f}",
-                    f"{tag}_max_fp": row["max_fixed_points"]}
+                    f"{tag}_bound": fmt(row["bound_gated"], ".3g")}
+            for sfx in ("", "_out"):
+                out |= {f"{tag}_fp{sfx}_params": "; ".join(f"({a:g}, {b:g}, {lam:g})"
+                                                          for a, b, lam in row[f"fixed_point{sfx}_params"]),
+                        f"{tag}_bound_fp{sfx}": fmt(row[f"bound_fixed_point{sfx}"], ".3g"),
+                        f"{tag}_fp{sfx}_conv": f"{row[f'fixed_point{sfx}_converged']:.2f}",
+                        f"{tag}_multi{sfx}": f"{row[f'multi_fixed_point{sfx}_fraction']:.2f}",
+                        f"{tag}_max_fp{sfx}": row[f"max_fixed_points{sfx}"]}
         return out | {"fp_tested": self.tested, "fp_passed": self.passed}
 
     def summary(self) -> dict:
         """What the chapter saves: per ``"dataset/layer"`` the row (floats rounded to 4 digits), the tests."""
-        out: dict = {f"{ds}/{l}": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
-                     for (ds, l), row in self.rows.items()}
+        r4 = lambda v: round(v, 4) if isinstance(v, float) else [r4(x) for x in v] if isinstance(v, list) else v
+        out: dict = {f"{ds}/{l}": {k: r4(v) for k, v in row.items()} for (ds, l), row in self.rows.items()}
         return out | {"uniqueness_tests": {"fold_settings_below_bound": self.tested, "unique_everywhere": self.passed}}
 
 

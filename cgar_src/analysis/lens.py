@@ -54,11 +54,14 @@ class _Chunk(NamedTuple):
     carg: torch.Tensor
 
 
-def _vocab_stream(h: torch.Tensor, W: torch.Tensor, vocab_chunk: int):
-    """Online softmax over the vocabulary in chunks (shared by :func:`decode_stats` and :func:`retrieved_pattern`)."""
+def _vocab_stream(unembed: Unembed, h: torch.Tensor, vocab_chunk: int):
+    """Online softmax over the vocabulary in chunks (shared by :func:`decode_stats` and :func:`retrieved_pattern`):
+    the logits of normalised states ``h`` are those of the lens, :math:`W_U h` then the model's soft-cap
+    (:meth:`~cgar_src.lm.unembed.Unembed.cap`, the identity for a model without one)."""
+    W = unembed.weight
     m = torch.full((h.shape[0],), -math.inf, device=W.device)
     for v in range(0, W.shape[0], vocab_chunk):
-        z = (h @ W[v:v + vocab_chunk].T).float()
+        z = unembed.cap((h @ W[v:v + vocab_chunk].T).float())
         cmax, carg = z.max(-1)
         m_new = torch.maximum(m, cmax)
         yield _Chunk(v, z, torch.exp(z - m_new[:, None]), torch.exp(m - m_new), m_new, cmax, carg)
@@ -68,7 +71,8 @@ def _vocab_stream(h: torch.Tensor, W: torch.Tensor, vocab_chunk: int):
 @torch.no_grad()
 def decode_stats(unembed: Unembed, states: torch.Tensor, label_token_ids: list[int], *,
                  vocab_chunk: int = 8192, state_batch: int = 256) -> DecodeStats:
-    """Decode residual states ``(..., d)`` through ``W_U Norm_final``, streaming over vocabulary chunks."""
+    """Decode residual states ``(..., d)`` through ``W_U Norm_final`` (then the model's final soft-cap, where it has
+    one: the logits of :class:`~cgar_src.lm.unembed.Unembed`), streaming over vocabulary chunks."""
     if states.ndim < 1 or states.shape[-1] != unembed.weight.shape[1]:
         raise ValueError(f"states must end in the hidden size {unembed.weight.shape[1]}, got {tuple(states.shape)}")
     lead = states.shape[:-1]
@@ -82,14 +86,14 @@ def decode_stats(unembed: Unembed, states: torch.Tensor, label_token_ids: list[i
         zz_sum = torch.zeros(h.shape[0], device=W.device)     # sum z exp(z - m)
         best_val = torch.full((h.shape[0],), -math.inf, device=W.device)
         best_idx = torch.zeros(h.shape[0], dtype=torch.long, device=W.device)
-        for c in _vocab_stream(h, W, vocab_chunk):
+        for c in _vocab_stream(unembed, h, vocab_chunk):
             better = c.cmax > best_val
             best_val, best_idx = torch.where(better, c.cmax, best_val), torch.where(better, c.carg + c.start, best_idx)
             z_sum = z_sum * c.scale + c.e.sum(-1)
             zz_sum = zz_sum * c.scale + (c.e * c.z).sum(-1)
         lse = c.m + torch.log(z_sum)
         entropy = lse - zz_sum / z_sum
-        lab = (h @ W[labels].T).float()
+        lab = unembed.cap((h @ W[labels].T).float())
         outs["argmax"].append(best_idx.cpu())
         outs["n_eff"].append(torch.exp(entropy).cpu())
         outs["label_mass"].append(torch.exp(lab - lse[:, None]).sum(-1).cpu())
@@ -133,22 +137,26 @@ def leave_one_out_mean(x: torch.Tensor) -> torch.Tensor:
 
 def rms_form(unembed: Unembed) -> tuple[torch.Tensor, float] | None:
     r"""``(gain, eps)`` when the final norm is an RMSNorm, :math:`\mathrm{Norm}(x) = \gamma\odot x /
-    \sqrt{\mathrm{mean}(x^2) + \epsilon}` (Llama, Qwen2, Mistral...), checked numerically on random inputs; None
-    otherwise (e.g. GPT-2's LayerNorm, or Gemma's :math:`1 + \gamma` variant), and then callers use the generic
-    path."""
+    \sqrt{\mathrm{mean}(x^2) + \epsilon}`, checked numerically on random inputs: :math:`\gamma` is the norm's
+    weight :math:`w` (Llama, Qwen2, Mistral...) or :math:`1 + w` (Gemma's ``Gemma3RMSNorm``, whose weight is the
+    offset from 1, applied in float32: then ``gain`` is ``1 + w`` in at least float32, as the model computes it).
+    None otherwise (e.g. GPT-2's LayerNorm), and then callers use the generic path."""
     norm = unembed.final_norm
-    gain = getattr(norm, "weight", None)
+    weight = getattr(norm, "weight", None)
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
-    if not isinstance(gain, torch.Tensor) or gain.ndim != 1 or not isinstance(eps, (int, float)):
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 1 or not isinstance(eps, (int, float)):
         return None
     if getattr(norm, "bias", None) is not None:
         return None
-    x = torch.randn(3, gain.shape[0], generator=torch.Generator().manual_seed(0)).to(gain.device, gain.dtype) * 3
+    x = torch.randn(3, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype) * 3
     with torch.no_grad():
-        want = (gain.float() * x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps))
         got = norm(x).float()
-    tol = 1e-5 if gain.dtype in (torch.float32, torch.float64) else 2e-2
-    return (gain, float(eps)) if torch.allclose(got, want, rtol=tol, atol=tol) else None
+        unit = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    tol = 1e-5 if weight.dtype in (torch.float32, torch.float64) else 2e-2
+    for gain in (weight, 1 + weight.detach().to(torch.promote_types(weight.dtype, torch.float32))):
+        if torch.allclose(got, gain.float() * unit, rtol=tol, atol=tol):
+            return gain, float(eps)
+    return None
 
 
 def _stats_of_logits(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -169,7 +177,9 @@ def _additive_rms(unembed: Unembed, gain: torch.Tensor, eps: float, h: torch.Ten
     :math:`z_h = W_U(\gamma\odot h)` and :math:`z_c = W_U(\gamma\odot c)`,
     :math:`W_U\mathrm{Norm}(h + \lambda c) = (z_h + \lambda z_c)/r` with
     :math:`r^2 = (\|h\|^2 + 2\lambda\, h\cdot c + \lambda^2\|c\|^2)/d + \epsilon`: two matrix products per query
-    instead of one per (context layer, lambda). ``h`` ``(P, d)``, ``c`` ``(P or 1, C, d)``; fields ``(P, C, K)``."""
+    instead of one per (context layer, lambda), then the model's soft-cap
+    (:meth:`~cgar_src.lm.unembed.Unembed.cap`, the identity without one). ``h`` ``(P, d)``, ``c``
+    ``(P or 1, C, d)``; fields ``(P, C, K)``."""
     W = unembed.weight
     g = gain.to(W.dtype)
     d = h.shape[-1]
@@ -189,7 +199,7 @@ def _additive_rms(unembed: Unembed, gain: torch.Tensor, eps: float, h: torch.Ten
         for j in range(C):
             for i in range(K):
                 r = torch.rsqrt((hh + 2 * lam64[i] * hc[:, j] + lam64[i] ** 2 * cc[:, j]) / d + eps).float()
-                z = (zh + float(lam64[i]) * zc[:, j]) * r[:, None]
+                z = unembed.cap((zh + float(lam64[i]) * zc[:, j]) * r[:, None])
                 arg, n_eff, mass, lab = _stats_of_logits(z, labels)
                 sl = slice(s0, s0 + hb.shape[0])
                 out["argmax"][sl, j, i], out["n_eff"][sl, j, i] = arg.cpu(), n_eff.cpu()
@@ -242,13 +252,14 @@ def logit_bias(unembed: Unembed, h: torch.Tensor, c: torch.Tensor) -> torch.Tens
 @torch.no_grad()
 def retrieved_pattern(unembed: Unembed, states: torch.Tensor, *, vocab_chunk: int = 8192) -> torch.Tensor:
     r"""The Hopfield output of a decode: :math:`\xi^+ = W_U^\top p` with :math:`p = \mathrm{softmax}(W_U\,
-    \mathrm{Norm}(h))`, the probability-weighted mean of the memories (rows of :math:`W_U`), streamed over the
-    vocabulary. ``states`` ``(P, d)``; returns ``(P, d)`` float32."""
+    \mathrm{Norm}(h))` (the logits soft-capped first where the model caps them, as the lens does), the
+    probability-weighted mean of the memories (rows of :math:`W_U`), streamed over the vocabulary. ``states``
+    ``(P, d)``; returns ``(P, d)`` float32."""
     W = unembed.weight
     h = unembed.normalize(states)
     z_sum = torch.zeros(h.shape[0], device=W.device)
     acc = torch.zeros(h.shape[0], W.shape[1], device=W.device, dtype=torch.float64)  # the mean cancels: accumulate in float64
-    for c in _vocab_stream(h, W, vocab_chunk):
+    for c in _vocab_stream(unembed, h, vocab_chunk):
         z_sum = z_sum * c.scale + c.e.sum(-1)
         acc = acc * c.scale[:, None].double() + c.e.double() @ W[c.start:c.start + vocab_chunk].double()
     return (acc / z_sum[:, None].double()).float().cpu()
@@ -266,12 +277,16 @@ def readout_basis(unembed: Unembed, token_ids: list[int], *, through_norm: bool 
 def readout_rows(unembed: Unembed, token_ids: list[int], *, through_norm: bool = True,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     r"""The tokens' readout directions ``(k, d)`` in ``dtype``: :math:`\gamma \odot w_y` (``through_norm=True``,
-    the final norm's gain times the unembedding row, when the norm has a gain) or the rows :math:`w_y`."""
+    the final norm's gain times the unembedding row, when the norm has a gain: :math:`\gamma` of :func:`rms_form`
+    for an RMSNorm, so :math:`1 + w` for Gemma's, else the norm's weight) or the rows :math:`w_y`."""
     ids = indices(token_ids, "token_ids", unembed.weight.shape[0], what="token ids")
     rows = unembed.weight[ids.to(unembed.weight.device)].to(dtype)
-    gain = getattr(unembed.final_norm, "weight", None)
-    if through_norm and gain is not None:
-        rows = rows * gain.to(dtype)
+    if not through_norm:
+        return rows
+    rms = rms_form(unembed)
+    gain = rms[0] if rms is not None else getattr(unembed.final_norm, "weight", None)
+    if gain is not None:
+        rows = rows * gain.to(device=rows.device, dtype=dtype)
     return rows
 
 

@@ -3,15 +3,16 @@ the paper's Figure 7 "separability early, alignment late").
 
 For per-query, per-layer correctness :math:`a^{(l)}_i \in \{0, 1\}` of a readout and baselines :math:`b_i` the onset is
 
-.. math:: l^\star = \min\{\,l : \text{for every baseline } b,\
-   \mathrm{CI}_{95\%}\big(\mathrm{mean}_i(a^{(l)}_i - b_i)\big) > 0\,\},
+.. math:: l^\star = \min\{\,l : \text{for every baseline } b,\ a^{(l)} \text{ really beats } b\,\},
 
-the paired-bootstrap interval of :func:`cgar_src.analysis.stats.compare` (``None`` when no layer qualifies; the scan
-itself is :func:`cgar_src.analysis.probes.onset_layer`). Chapter 10 scans three readouts: the linear probe against
+"really beats" meaning that the exact McNemar test of :func:`cgar_src.analysis.stats.compare` rejects at level 0.05
+and more queries favour the readout (``None`` when no layer qualifies; the scan itself is
+:func:`cgar_src.analysis.probes.onset_layer`). Chapter 10 scans three readouts: the linear probe against
 the bag of words *and* the majority class (separability), the centred logit lens against the majority class
 (bias-corrected alignment) and the raw lens against the majority class. "Separability before alignment" holds in a
-setting when the probe's onset exists and comes strictly before the centred lens's (or the centred lens never
-qualifies). A scan over many layers favours early onsets (one layer can pass by chance), so onsets read as upper
+setting when both onsets exist and the probe's comes strictly before the centred lens's (:attr:`Onsets.ordered`); a
+setting in which the centred lens never qualifies has no alignment for separability to precede, and is counted
+apart (:attr:`Onsets.vacuous`), never as support. A scan over many layers favours early onsets (one layer can pass by chance), so onsets read as upper
 bounds on "how early" are, if anything, too early.
 """
 from __future__ import annotations
@@ -50,8 +51,19 @@ class Onsets:
 
     @property
     def separability_first(self) -> bool:
-        """The probe's onset comes strictly before the centred lens's (:func:`precedes`)."""
+        """The probe's onset comes strictly before the centred lens's, or the centred lens has none
+        (:func:`precedes`; includes the vacuous case)."""
         return precedes(self.probe, self.centred)
+
+    @property
+    def ordered(self) -> bool:
+        """Separability before alignment, not vacuously: both onsets exist and the probe's is strictly earlier."""
+        return self.centred is not None and precedes(self.probe, self.centred)
+
+    @property
+    def vacuous(self) -> bool:
+        """The probe has an onset but the centred lens never beats the majority class: nothing to precede."""
+        return self.probe is not None and self.centred is None
 
 
 def readout_onsets(correct: Mapping[str, torch.Tensor], lexical: torch.Tensor, majority: torch.Tensor, *,

@@ -122,7 +122,8 @@ def _nested(X: np.ndarray, y: np.ndarray, cv, Cs: tuple, inner_folds: int, seed:
 
 def label_logits(unembed: Unembed, states: torch.Tensor, label_token_ids: list[int]) -> torch.Tensor:
     r"""Logit lens on the label tokens only: :math:`z_y = w_y^\top \mathrm{Norm}_{final}(h)` for states
-    ``(..., d)``; returns ``(..., n_labels)`` in float32 (the label columns of
+    ``(..., d)``, then the model's final soft-cap :math:`c\tanh(z_y/c)` where it has one
+    (:meth:`~cgar_src.lm.unembed.Unembed.cap`); returns ``(..., n_labels)`` in float32 (the label columns of
     :func:`cgar_src.analysis.lens.decode_stats`, without the full-vocabulary pass)."""
     W = unembed.weight
     if states.ndim < 1 or states.shape[-1] != W.shape[1]:
@@ -130,7 +131,7 @@ def label_logits(unembed: Unembed, states: torch.Tensor, label_token_ids: list[i
     ids = indices(label_token_ids, "label_token_ids", W.shape[0], what="token ids")
     with torch.no_grad():
         rows = W[ids.to(W.device)]
-        return (unembed.normalize(states) @ rows.T).float().cpu()
+        return unembed.cap((unembed.normalize(states) @ rows.T).float()).cpu()
 
 
 def centred_lens_correct(label_logits: torch.Tensor, labels, *, n_folds: int = 5, seed: int = 0) -> torch.Tensor:
@@ -154,8 +155,9 @@ def centred_lens_correct(label_logits: torch.Tensor, labels, *, n_folds: int = 5
 
 def onset_layer(correct: torch.Tensor, baselines: list, *, seed: int = 0) -> int | None:
     r"""The first layer :math:`l` at which the readout ``correct`` ``(P, L+1)`` *really* beats every baseline: for
-    each baseline (``(P,)``, the same at every layer, or ``(P, L+1)``), the paired-bootstrap 95% interval of
-    :math:`\mathrm{mean}_i(a_i^{(l)} - b_i^{(l)})` lies above 0 (:func:`cgar_src.analysis.stats.compare`). ``None`` when no
+    each baseline (``(P,)``, the same at every layer, or ``(P, L+1)``), the exact McNemar test of
+    :math:`a^{(l)}` against :math:`b^{(l)}` rejects at level 0.05 with more queries favouring the readout
+    (:func:`cgar_src.analysis.stats.compare`, ``better``). ``None`` when no
     layer does. A scan over layers: one layer passing by chance is likelier than at a single pre-chosen layer."""
     from .stats import compare
 

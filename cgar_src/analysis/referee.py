@@ -3,12 +3,14 @@ context vector (book chapter ``11_referee_checks``).
 
 * :func:`baseline_rows`: per-query held-out correctness ``(P,)`` of the additive context vector
   :math:`W_U\mathrm{Norm}(h_{zero}^{(L)} + \lambda\bar c^{(l)})` (cross-fitted, :mod:`cgar_src.analysis.steering`) and
-  of every baseline and control on the same queries: majority answer, zero-shot (full vocabulary, label-restricted,
+  of every baseline and control on the same queries: majority answer (the demonstration pool's majority class),
+  zero-shot (full vocabulary, label-restricted,
   calibrated), k-shot prompting (plain, calibrated, random labels), the random-label and label-prior vectors, a
   norm-matched random vector and the task-vector patch.
 * :func:`paired_verdicts`: the additive vector against each alternative, paired
-  (:func:`cgar_src.analysis.stats.compare`), the strongest simple baseline per dataset and the verdict ladder
-  (:func:`cgar_src.analysis.baselines.additive_verdict`).
+  (:func:`cgar_src.analysis.stats.compare`: exact McNemar, real when it rejects at 0.05), the strongest simple
+  baseline per dataset and the verdict ladder (:func:`cgar_src.analysis.baselines.additive_verdict`), each rung
+  stated against the strongest simple baseline (:func:`cgar_src.analysis.baselines.verdict_reason`).
 * :func:`localisation`: the fraction :math:`\|Q^\top \bar c^{(l)}\|^2/\|\bar c^{(l)}\|^2` of the context vector in the
   span of the labels' readout directions (chance :math:`|Y|/d`), the accuracy of its in-span and out-of-span parts
   (also norm-matched) against :math:`\lambda`, and the median fraction of the retrieved pattern
@@ -26,7 +28,7 @@ import torch
 
 from ..lm import LoadedModel, Unembed
 from . import baselines, lens, steering
-from .stats import Comparison, compare, fmt_list
+from .stats import Comparison, compare, fmt_list, ledger_entry
 
 __all__ = ["TaskStatesLike", "ADDITIVE", "against", "baseline_rows", "RefereeVerdicts", "paired_verdicts",
            "PARTS", "Localisation", "localisation", "localisation_text", "localisation_glue"]
@@ -58,7 +60,7 @@ N_SIMPLE = 5
 
 
 def baseline_rows(lm: LoadedModel, unembed: Unembed, ts: TaskStatesLike, random_label: TaskStatesLike,
-                  cf_zero: torch.Tensor, *, k_shot: int, lambdas: list[float], context_layers: list[int],
+                  cf_zero: torch.Tensor, *, pool: torch.Tensor, k_shot: int, lambdas: list[float], context_layers: list[int],
                   patch_layers: list[int], n_folds: int = 2, seed: int = 0, batch_size: int = 8,
                   cache_root=None) -> tuple[dict[str, torch.Tensor], dict[str, list[dict]]]:
     """Held-out correctness ``(P,)`` of the additive vector and every baseline (module docstring), by row name, and
@@ -66,7 +68,8 @@ def baseline_rows(lm: LoadedModel, unembed: Unembed, ts: TaskStatesLike, random_
 
     ``ts``: the k-shot states with content-free states ``h_cf`` (that query's demonstrations, input "N/A");
     ``random_label``: the same queries with random-label demonstrations; ``cf_zero``: the zero-shot content-free
-    prompt's final-layer state ``(P, d)`` or ``(d,)``. Everything fitted is fitted on the other fold."""
+    prompt's final-layer state ``(P, d)`` or ``(d,)``; ``pool``: the class labels of the demonstration pool, whose
+    majority class is the majority answer. Everything fitted is fitted on the other fold."""
     L = lm.n_layers
     for name, st in (("ts", ts), ("random_label", random_label)):
         if st.h_icl is None or st.h_zero.shape != st.h_icl.shape or st.h_zero.shape[1] != L + 1:
@@ -88,7 +91,7 @@ def baseline_rows(lm: LoadedModel, unembed: Unembed, ts: TaskStatesLike, random_
                                       layers=patch_layers, n_folds=n_folds, seed=seed, batch_size=batch_size,
                                       cache_root=cache_root)
     rows = {
-        "majority answer": baselines.majority_correct(ts.labels),
+        "majority answer": baselines.majority_correct(ts.labels, reference=pool),
         "zero-shot": hit(zero),
         "zero-shot, label-restricted": baselines.label_restricted_correct(zero.label_logits, ts.labels),
         "zero-shot, calibrated": baselines.calibrated_correct(zero.label_logits, dec(cf_zero).label_logits, ts.labels),
@@ -154,6 +157,22 @@ class RefereeVerdicts:
                     ("really worse than" if c.real else "indistinguishable from")}
         return out | {"verdict": self.verdict_text}
 
+    def ledger_tests(self) -> list[dict]:
+        """The tests the claims ledger rests on (:func:`cgar_src.analysis.stats.ledger_entry`): per dataset, row
+        ``steering`` (the verdict ladder: against the majority answer, the label-prior vector and the strongest
+        simple baseline, which carries its name as ``baseline``) and row ``label_mapping`` (against the
+        random-label vector). Each is the held-out additive vector minus the alternative."""
+        out = []
+        for ds in self.datasets:
+            key_of = {v: k for k, v in self.names.items()}
+            for role, key in (("vs_majority", "majority"), ("vs_label_prior", "label_prior"),
+                              ("vs_best_simple", key_of[self.best_simple[ds]])):
+                out.append(ledger_entry("steering", role, ds, f"{ADDITIVE} - {self.names[key]}", self.paired[ds, key])
+                           | {"baseline": self.names[key]})
+            out.append(ledger_entry("label_mapping", "vs_random_label", ds,
+                                    f"{ADDITIVE} - {self.names['random_label']}", self.paired[ds, "random_label"]))
+        return out
+
     def summary(self) -> dict[str, dict]:
         """Per dataset: every paired comparison, the strongest simple baseline, the verdict."""
         return {ds: {"paired_vs_additive": {key: vars(self.paired[ds, key]) for key in self.names},
@@ -179,12 +198,7 @@ def paired_verdicts(rows: Mapping[str, Mapping[str, torch.Tensor]], *, k_shot: i
     for ds in rows:
         simple = paired[ds, {v: k for k, v in names.items()}[best[ds]]]
         verdict[ds] = baselines.additive_verdict(paired[ds, "majority"], paired[ds, "label_prior"], simple)
-        why[ds] = {"not reproduced": "no better than the majority answer",
-                   "label-set prior only": "no better than the label-prior vector",
-                   "partly": "better than the label-prior vector, but "
-                             f"{'worse than' if simple.real else 'no better than'} the strongest simple baseline "
-                             f"({best[ds]})",
-                   "supported": f"better than the label-prior vector and than {best[ds]}"}[verdict[ds]]
+        why[ds] = baselines.verdict_reason(paired[ds, "majority"], paired[ds, "label_prior"], simple, best[ds])
     return RefereeVerdicts(names=names, paired=paired, best_simple=best, verdict=verdict, why=why)
 
 

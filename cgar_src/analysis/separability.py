@@ -10,8 +10,9 @@ Per setting (dataset, shots) four held-out readouts of the label, per layer :mat
 * ``calibrated lens``: :math:`\arg\max_y (z^{(l)}_y - z^{(l)}_{cf,y})` with the content-free prompt's logits
   (:func:`cgar_src.analysis.baselines.calibrated_correct`).
 
-:func:`assess` pairs them with a bag-of-words probe and the majority class at a third of the depth and at the last
-layer (:func:`cgar_src.analysis.stats.compare`), scans the onsets (:mod:`cgar_src.analysis.onset`) and returns the
+:func:`assess` pairs them with a bag-of-words probe and the majority class (the demonstration pool's majority
+label, scored on the queries) at a third of the depth and at the last layer (:func:`cgar_src.analysis.stats.compare`,
+exact McNemar: real when it rejects at 0.05), scans the onsets (:mod:`cgar_src.analysis.onset`) and returns the
 chapter's report: its printed text, the values its text cites and the summary it saves. The claim "separability
 early" holds in a setting when at :math:`L/3` the probe really beats the bag of words, the majority class *and* the
 centred lens.
@@ -28,9 +29,9 @@ from ..lm import Unembed
 from .baselines import calibrated_correct
 from .onset import Onsets, onset_text, readout_onsets
 from .probes import centred_lens_correct, label_logits, probe_correct
-from .stats import Comparison, accuracy_ci, compare, fmt_ci, fmt_list
+from .stats import Comparison, accuracy_ci, compare, fmt_ci, fmt_list, ledger_entry
 
-__all__ = ["READOUTS", "SHORT", "COMPARISONS", "NAMES", "Readouts", "ConstantAnswer", "layer_readouts",
+__all__ = ["READOUTS", "SHORT", "COMPARISONS", "CLAIM", "CLAIM_ROLES", "NAMES", "Readouts", "ConstantAnswer", "layer_readouts",
            "setting_name", "paired_tests", "accuracy_table", "constant_answer_table", "Setting",
            "Separability", "assess"]
 
@@ -41,6 +42,8 @@ COMPARISONS = ("probe - bag of words", "probe - majority", "probe - centred lens
 CITED = {"probe - bag of words": "vs_lex", "probe - majority": "vs_maj", "probe - centred lens": "vs_cen",
          "centred lens - majority": "cen_vs_maj"}   # the comparisons the text cites, by their short names
 CLAIM = ("probe - bag of words", "probe - majority", "probe - centred lens")   # "separability early" at L/3
+CLAIM_ROLES = {"probe - bag of words": "vs_bag_of_words", "probe - majority": "vs_majority",
+               "probe - centred lens": "vs_centred_lens"}   # their roles in the claims ledger
 NAMES = {"sst2": "SST-2", "agnews": "AG-News", "trec": "TREC"}
 
 
@@ -194,7 +197,8 @@ class Separability:
     def __post_init__(self) -> None:
         s = list(self.settings.values())
         self.lists = {"holds": [x.name for x in s if x.claim_holds],
-                      "ordered": [x.name for x in s if x.onsets.separability_first],
+                      "ordered": [x.name for x in s if x.onsets.ordered],
+                      "vacuous": [x.name for x in s if x.onsets.vacuous],
                       "beats_lex_third": [x.name for x in s if x.tests["third"]["probe - bag of words"].better],
                       "beats_lex_last": [x.name for x in s if x.tests["last"]["probe - bag of words"].better],
                       "cen_real": [x.name for x in s if x.centred_real],
@@ -218,7 +222,12 @@ class Separability:
 
     @property
     def verdict_order(self) -> str:
-        return f"in {len(self.lists['ordered'])} of {self.n_settings} settings"
+        """In how many settings both onsets exist and the probe's comes first; the settings where the centred lens
+        never beats the majority class (nothing to precede) are named apart, never counted as support."""
+        text = f"in {len(self.lists['ordered'])} of {self.n_settings} settings"
+        vac = self.lists["vacuous"]
+        return text + (f" (in {len(vac)} more, {fmt_list(vac)}, the centred lens never beats the majority class, so "
+                       f"there is no alignment for separability to precede)" if vac else "")
 
     @property
     def verdict(self) -> str:
@@ -235,7 +244,8 @@ class Separability:
                   f"at L/3 the probe beats bag of words, majority and the centred lens in {len(holds)} of {n} "
                   f"settings: {fmt_list(holds)}",
                   f"probe beats both baselines before the centred lens beats majority in {len(ordered)} of {n} "
-                  f"settings: {fmt_list(ordered)}",
+                  f"settings: {fmt_list(ordered)}; the probe has an onset but the centred lens never beats majority "
+                  f"in: {fmt_list(self.lists['vacuous'])}",
                   f"verdict on the paper's Figure 7 claim: {self.verdict}"]
         return "\n".join(lines)
 
@@ -264,11 +274,19 @@ class Separability:
         return out | {"L": self.last, "third": self.third, "total": self.n_settings, "const_third": self.n_constant,
                       "holds_third": len(li["holds"]), "holds_list": fmt_list(li["holds"]),
                       "ordered": len(li["ordered"]), "ordered_list": fmt_list(li["ordered"]),
+                      "vacuous": len(li["vacuous"]), "vacuous_list": fmt_list(li["vacuous"]),
                       "beats_lex_third": fmt_list(li["beats_lex_third"]),
                       "beats_lex_last": fmt_list(li["beats_lex_last"]),
                       "cen_real_third": fmt_list(li["cen_real"]), "verdict": self.verdict,
                       "verdict_early": self.verdict_early, "verdict_order": self.verdict_order,
                       "cal_real_third": fmt_list(li["cal_real"]), "cen_onsets": "; ".join(li["cen_onsets"])}
+
+    def ledger_tests(self) -> list[dict]:
+        """The tests the claims ledger's row ``separability`` rests on (:func:`cgar_src.analysis.stats.ledger_entry`):
+        per setting, the three comparisons of :data:`CLAIM` at L/3 (roles :data:`CLAIM_ROLES`). The onset order is
+        a scan over layers, not one test, and is not in the ledger's family."""
+        return [ledger_entry("separability", CLAIM_ROLES[n], s.name, f"{n} at layer {self.third}", s.tests["third"][n])
+                for s in self.settings.values() for n in CLAIM]
 
     def summary(self) -> dict:
         """Everything the chapter saves with its run (per setting, per dataset's baselines, the verdicts)."""
@@ -279,8 +297,8 @@ class Separability:
                 **{f"{m}_by_layer": r[m].mean(0).round(decimals=4) for m in READOUTS},
                 **{f"{m}_{tag}_ci": list(accuracy_ci(r[m][:, layer]))
                    for m in READOUTS for tag, layer in s.layers.items()},
-                "comparisons": {tag: {n: {"diff": c.diff, "lo": c.lo, "hi": c.hi, "p_value": c.p_value, "real": c.real}
-                                      for n, c in t.items()} for tag, t in s.tests.items()},
+                "comparisons": {tag: {n: vars(c) | {"test": c.test, "real": c.real} for n, c in t.items()}
+                                for tag, t in s.tests.items()},
                 "onset_probe_vs_bag_of_words_and_majority": s.onsets.probe,
                 "onset_centred_lens_vs_majority": s.onsets.centred, "onset_raw_lens_vs_majority": s.onsets.raw,
                 "raw_lens_at_third": vars(s.constant).copy(), "claim_holds_at_third": s.claim_holds}
@@ -288,6 +306,7 @@ class Separability:
             out[f"{ds}_baselines"] = {"bag_of_words_ci": list(accuracy_ci(self.lexical[ds])),
                                       "majority_ci": list(accuracy_ci(self.majority[ds]))}
         return out | {"claim_holds_at_third": self.lists["holds"], "probe_before_centred_lens": self.lists["ordered"],
+                      "centred_lens_never_beats_majority": self.lists["vacuous"],
                       "verdict": self.verdict, "verdict_early": self.verdict_early, "verdict_order": self.verdict_order}
 
 
