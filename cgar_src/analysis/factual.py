@@ -241,7 +241,7 @@ class FactComparisons:
         return out
 
     def verdict(self, a: str, b: str, name_a: str, name_b: str, *, minority: bool = False) -> str:
-        """The sentence for A against B (:meth:`cgar_src.analysis.stats.Comparison.verdict`)."""
+        """The sentence for A against B (``Comparison.verdict`` in :mod:`cgar_src.analysis.stats`)."""
         c = (self.minority if minority else self.all)[a, b]
         return "no fact lies outside the majority object" if c is None else c.verdict(name_a, name_b)
 

@@ -445,7 +445,7 @@ def fixed_point_grid(s_q, s_c, target_logp, grid: dict, *, tol: float = 1e-9, ma
     (``converged`` says which; a query that has not converged is scored at its last iterate). Below the contraction
     bound :math:`\beta\lambda^2/(2\alpha) < 1` it is the unique fixed point (Theorem ``thm-fixed-point``, chapter
     ``05_fixed_point``); above it, where several may exist, it is the one the iteration reaches from the first-order
-    start. Each beta's problem is first reduced exactly (:func:`_reduce`: the columns that can carry gate mass for
+    start. Each beta's problem is first reduced exactly (``_reduce``: the columns that can carry gate mass for
     the grid's largest alpha + lambda, plus one for the rest), each point's iteration screens again to its own
     alpha + lambda, and the KL is the sparse identity of the module docstring at the returned gate:
     :math:`\mathrm{KL} = \sum_i p_i\log p_i - \beta\,p\cdot s_q - \beta\lambda\,p_C\cdot g_C + \log Z`."""
@@ -601,7 +601,7 @@ def multistart_fixed_points(s_q, s_c, alpha: float, beta: float, lam: float, sta
     simplex; ``None`` = the first-order start) and count the distinct fixed points per query (two converged
     solutions are the same when their :math:`\ell_1` distance is below ``distinct_tol``).
 
-    The problem is first reduced exactly (:func:`_reduce` with margin alpha + lambda): :math:`\Phi(p)` depends on p
+    The problem is first reduced exactly (``_reduce`` with margin alpha + lambda): :math:`\Phi(p)` depends on p
     only through the K columns that can carry gate mass (chapter ``03_separation``), and off them every fixed point
     has the form :math:`p_j \propto e^{\beta s_{q,j}}`, so a fixed point is its K entries plus the mass of the rest,
     one column. A start enters through its K entries and its remaining mass; the :math:`\ell_1` distance of two

@@ -189,7 +189,7 @@ def _rule_tally(tests: Sequence[LedgerTest]) -> str:
     return "; ".join(parts)
 
 
-#: each row's verdict rule on the Holm-adjusted tests; rows not listed use the tally (:func:`_rule_tally`)
+#: each row's verdict rule on the Holm-adjusted tests; rows not listed use the tally (``_rule_tally``)
 RULES = {"collapse": _rule_collapse, "collapse_accuracy": _rule_collapse_accuracy, "steering": _rule_steering,
          "label_mapping": _rule_label_mapping, "factual": _rule_factual, "separability": _rule_separability}
 

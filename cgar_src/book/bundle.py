@@ -174,7 +174,8 @@ def configuration_rows(lm: LoadedModel, unembed: Unembed, cfg: Config, *, max_qu
     record = {"key": cfg.key(), **asdict(cfg), "n_queries": q, "demo_set_key": ds.key(), "demo_rows": list(ds.order),
               "labels_shown": list(ds.labels), "true_labels": list(ds.true_labels), "label_words":
               st.params["label_words"], "label_tokens": st.params["label_tokens"], "tokens": st.tokens,
-              "seconds": round(seconds, 3), "forward_passes": st.n_forward}
+              "seconds": round(seconds, 3), "forward_passes": st.n_forward,
+              "torch_threads": torch.get_num_threads()}   # a bfloat16 sum's order depends on it: verify_bundle reuses it
     return cols, record
 
 
@@ -314,7 +315,7 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
     sample of ``n_rows`` rows (all rows when None). The whole configuration is recomputed, because the batches a
     query shares are part of its float path; predictions must be equal except where the recomputed label margin is
     within the tolerance (a near-tie), logits agree within ``cgar_src.lm.tolerance(dtype)`` times the configuration's
-    largest |logit| (1e-5 for float32 ... 0.0625 for bfloat16, relative), label mass within the same tolerance and
+    largest absolute logit (1e-5 for float32 ... 0.0625 for bfloat16, relative), label mass within the same tolerance and
     N_eff within the same relative tolerance. Returns one report per configuration; raises AssertionError naming the
     first mismatch. ``load(model_id, dtype)`` loads the model."""
     from ..lm import tolerance
@@ -336,10 +337,17 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
             raise AssertionError(f"{cfg.model}: revision {lm.revision} is not the bundle's "
                                  f"{side['models'][cfg.model]['revision']}")
         unembed = Unembed(lm.model, float32=True)
-        cols, new_rec = configuration_rows(lm, unembed, cfg, max_queries=p["max_queries"],
-                                           layers=side["models"][cfg.model]["layers"], query_seed=p["query_seed"],
-                                           batch_size=p["batch_size"], max_batch_tokens=p["max_batch_tokens"],
-                                           cache_root=cache_root, root=root)
+        # the thread count the configuration was written with: CPU kernels split their sums by thread, and in
+        # bfloat16 a different split moves N_eff by up to ~10 % (measured); float32 is insensitive at the tolerance
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(int(rec.get("torch_threads") or threads_before))
+        try:
+            cols, new_rec = configuration_rows(lm, unembed, cfg, max_queries=p["max_queries"],
+                                               layers=side["models"][cfg.model]["layers"], query_seed=p["query_seed"],
+                                               batch_size=p["batch_size"], max_batch_tokens=p["max_batch_tokens"],
+                                               cache_root=cache_root, root=root)
+        finally:
+            torch.set_num_threads(threads_before)
         if new_rec["demo_set_key"] != rec["demo_set_key"] or new_rec["demo_rows"] != rec["demo_rows"]:
             raise AssertionError(f"{cfg.key()}: the demonstration set drawn now is not the stored one")
         mask = np.ones(table.num_rows, dtype=bool)
