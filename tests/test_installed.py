@@ -56,7 +56,7 @@ def venv_run(installed, *args: str, code: str | None = None) -> subprocess.Compl
 def test_profile_command_help_runs_installed(installed):
     proc = venv_run(installed, "-m", "cgar_src.book.run", "--help")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "--profile" in proc.stdout and "--chapters DIR" in proc.stdout and "(cpu, paper)" in proc.stdout
+    assert "--profile" in proc.stdout and "--chapters DIR" in proc.stdout and "(cpu, paper, robust)" in proc.stdout
 
 
 def test_both_profiles_load_from_the_installed_package(installed):
