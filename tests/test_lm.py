@@ -15,8 +15,8 @@ from transformers import (
 )
 
 from cgar_src.analysis import lens
-from cgar_src.lm import LoadedModel, Patch, Unembed, hidden_states
-from cgar_src.lm.cache import cached_states, cached_twin_states
+from cgar_src.lm import LoadedModel, Unembed, hidden_states
+from cgar_src.lm.cache import cached_states
 from cgar_src.tasks import data
 
 
@@ -68,56 +68,10 @@ def test_batched_equals_unbatched(tiny):
     torch.testing.assert_close(many, one, atol=1e-4, rtol=0)
 
 
+# prompts of different lengths, some sharing leading parts (used by tests/test_gemma.py and tests/test_gemma_path.py)
 TWIN_PROMPTS = ["Review: good film\nSentiment: positive\n\nReview: so bad\nSentiment:",
                 "Question: who?\nAnswer type: Human\n\nQuestion: where is it\nAnswer type:",
                 "Article: stocks fell sharply", "xyz", "short"]
-TWINS = ["Review: good film\nSentiment: positive\n\nReview: N/A\nSentiment:",   # shares the demonstration
-         "Question: who?\nAnswer type: Human\n\nQuestion: N/A\nAnswer type:",
-         "Article: stocks fell sharply",                                         # identical to its prompt
-         "abc",                                                                  # nothing shared
-         "sho"]                                                                  # a prefix of its prompt
-
-
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_twins_reuse_the_prompts_keys_and_values(tiny, batch_size):
-    """A twin computed from its prompt's key/value cache equals the twin's own forward pass, and the prompts' states
-    are exactly those of the call without twins (the same batches, the same float path)."""
-    plain = hidden_states(tiny, TWIN_PROMPTS, batch_size=batch_size, progress=False)
-    states, twin_states = hidden_states(tiny, TWIN_PROMPTS, batch_size=batch_size, progress=False, twins=TWINS)
-    assert torch.equal(states, plain)
-    own = hidden_states(tiny, TWINS, batch_size=1, progress=False)
-    torch.testing.assert_close(twin_states, own, atol=1e-4, rtol=0)
-    torch.testing.assert_close(twin_states[2], plain[2], atol=1e-4, rtol=0)   # a twin equal to its prompt
-    with pytest.raises(ValueError, match="twins"):
-        hidden_states(tiny, TWIN_PROMPTS, progress=False, twins=TWINS[:2])
-    with pytest.raises(ValueError, match="patch"):
-        hidden_states(tiny, TWIN_PROMPTS, progress=False, twins=TWINS,
-                      patch=Patch(layer=1, vectors=torch.zeros(tiny.model.config.hidden_size)))
-
-
-def test_cached_twin_states(tiny, tmp_path):
-    meta, twin_meta = {"kind": "icl"}, {"kind": "content-free"}
-    a, b = cached_twin_states(tiny, TWIN_PROMPTS, meta, TWINS, twin_meta, cache_root=tmp_path, chunk_size=2,
-                              progress=False)
-    assert (a.n_forward, b.n_forward) == (5, 5)
-    # the prompts' entry is the plain entry: same key, same numbers, served warm
-    plain = cached_states(tiny, TWIN_PROMPTS, meta, cache_root=tmp_path, chunk_size=2, progress=False)
-    assert plain.path == a.path and plain.n_forward == 0 and torch.equal(plain.states, a.states)
-    # the twins' entry is keyed apart from a plain entry of the same prompts (another float path)
-    assert cached_states(tiny, TWINS, twin_meta, cache_root=tmp_path, chunk_size=2, progress=False).path != b.path
-    a2, b2 = cached_twin_states(tiny, TWIN_PROMPTS, meta, TWINS, twin_meta, cache_root=tmp_path, chunk_size=2,
-                                progress=False)
-    assert (a2.n_forward, b2.n_forward) == (0, 0) and torch.equal(b2.states, b.states)
-    # a lost chunk of twins is recomputed; the prompts' stored chunk is kept
-    (b.path / "chunk_00001.safetensors").unlink()
-    a3, b3 = cached_twin_states(tiny, TWIN_PROMPTS, meta, TWINS, twin_meta, cache_root=tmp_path, chunk_size=2,
-                                progress=False)
-    assert (a3.n_forward, b3.n_forward) == (0, 2)
-    torch.testing.assert_close(b3.states, b.states, atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="distinct"):
-        cached_twin_states(tiny, ["a", "a"], meta, ["b", "c"], twin_meta, cache_root=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="one prompt per prompt"):
-        cached_twin_states(tiny, ["a", "d"], meta, ["b"], twin_meta, cache_root=tmp_path, progress=False)
 
 
 def test_streaming_decode_matches_full_softmax(tiny):

@@ -50,7 +50,7 @@ SPECIFIC = {
     "relations": [["p30"], ["P30", "P30"], ["Q30"]], "seed": [2**32], "shots": [[-1], [0, 0]], "sigmas": [[-0.2]],
 }
 # lists that must not be empty
-NON_EMPTY = ("context_layer_fractions", "datasets", "fit_range", "gate_lambdas", "lambdas", "lambdas_small",
+NON_EMPTY = ("context_layer_fractions", "datasets", "fit_range", "lambdas", "lambdas_small",
              "patch_layer_fractions", "probe_shots", "query_layer_fractions", "relations", "shots", "sigmas")
 
 

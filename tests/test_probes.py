@@ -7,6 +7,7 @@ from sklearn.model_selection import KFold
 from test_lm import PROMPTS, tiny  # noqa: F401  (the tiny-model fixture)
 
 from cgar_src.analysis import lens, probes
+from cgar_src.analysis.stats import paired_test
 from cgar_src.analysis.steering import folds_of
 from cgar_src.lm import Unembed, hidden_states
 
@@ -136,3 +137,56 @@ def test_probe_rejects_bad_max_iter():
     states, labels = torch.randn(20, 2, 4), torch.arange(20) % 2
     with pytest.raises(ValueError, match="max_iter"):
         probes.probe_correct(states, labels, max_iter=0, progress=False)
+
+
+def test_really_beats_is_the_decision_of_the_paired_test():
+    """The onset scans' decision agrees with stats.paired_test(...).better, on 0/1 outcomes (McNemar) and on
+    outcomes averaged over three sets (permutation test of the mean)."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(24):          # from really worse through indistinguishable to clearly better (the screens)
+        n = 30 + 10 * (trial % 4)
+        b = (torch.rand(n, generator=g) < 0.5).double()
+        a = (torch.rand(n, generator=g) < 0.3 + 0.028 * trial).double()
+        means = torch.stack([(torch.rand(n, generator=g) < 0.3 + 0.028 * trial).double() for _ in range(3)]).mean(0)
+        for x in (a, means):
+            assert probes.really_beats(x, b) == paired_test(x, b).better
+    assert probes.really_beats(torch.ones(20), torch.zeros(20))
+    assert not probes.really_beats(torch.zeros(20), torch.ones(20))    # really worse is not "beats"
+    with pytest.raises(ValueError, match="same"):
+        probes.really_beats(torch.ones(3), torch.ones(4))
+
+
+def test_onset_layer_on_means_over_sets_tests_the_mean():
+    """Shares over three sets: a readout right in one set of three on many queries has MORE queries favouring it
+    than the baseline, but a lower mean; the permutation test of the mean does not call it better."""
+    base = torch.tensor([1.0] * 20 + [0.0] * 40)
+    a = torch.stack([base, base.clone()], 1)
+    a[20:, 1] = 2 / 3                       # 40 queries gain 2/3: mean +0.44, really better
+    assert probes.onset_layer(a, [base]) == 1
+    a[:20, 1] = 1 / 3                       # 20 queries lose 2/3, 40 gain 1/3: the mean difference is 0
+    a[20:, 1] = 1 / 3
+    assert paired_test(a[:, 1], base).diff == pytest.approx(0.0, abs=1e-6)
+    assert probes.onset_layer(a, [base]) is None
+
+
+def test_probe_matches_cold_started_cross_validation():
+    """The warm-started per-fold fits give the predictions of scikit-learn's cold-started cross_val_predict on the
+    same folds (the penalised problem has one optimum), and a fold whose training queries hold one class predicts it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    g = torch.Generator().manual_seed(0)
+    n, labels = 60, torch.arange(60) % 3
+    states = torch.randn(n, 4, 8, generator=g)
+    states[:, 1:, :3] += 1.5 * torch.nn.functional.one_hot(labels, 3)[:, None]
+    got = probes.probe_correct(states, labels, progress=False)
+    y, cv = labels.numpy(), probes._cv(n, 5, 0)
+    for l in range(4):
+        ref = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500)),
+                                states[:, l].double().numpy(), y, cv=cv)
+        np.testing.assert_array_equal(got[:, l].numpy(), (ref == y).astype(np.float32))
+    one = torch.tensor([0] * 9 + [1])                  # 2 folds: the fold trained on zeros only predicts 0
+    acc = probes.probe_correct(torch.randn(10, 2, 3, generator=g), one, n_folds=2, seed=0, progress=False)
+    assert acc.shape == (10, 2) and set(acc.unique().tolist()) <= {0.0, 1.0}

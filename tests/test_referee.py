@@ -28,7 +28,8 @@ def rows_for(additive: float, prior: float, simple: dict[str, float] | None = No
 
 def test_against_lists_the_simple_baselines_first():
     names = referee.against(4)
-    assert list(names)[:referee.N_SIMPLE] == ["majority", "restricted", "calibrated0", "prompting", "calibratedk"]
+    assert list(names)[:referee.N_SIMPLE] == ["majority", "restricted", "calibrated0", "logit_prior", "prompting",
+                                              "calibratedk"]
     assert names["prompting"] == "4-shot prompting" and names["calibratedk"] == "4-shot, calibrated"
 
 
@@ -51,7 +52,8 @@ def test_paired_verdicts_known_answers():
     assert g["a_best_simple_real"] == "really better than" and g["c_best_simple_real"] == "really worse than"
     assert g["verdict"] == v.verdict_text and v.verdict_text.startswith("a: supported (better than the label-prior")
     lines = v.text().split("\n")
-    assert lines[0] == "a" and len(lines) == 4 * (1 + 8) + 1 and lines[-1] == f"verdict: {v.verdict_text}"
+    assert lines[0] == "a" and len(lines) == 4 * (1 + len(referee.against(1))) + 1
+    assert lines[-1] == f"verdict: {v.verdict_text}"
     s = v.summary()
     assert s["b"]["verdict"]["verdict"] == "label-set prior only"
     assert s["b"]["verdict"]["why"].startswith("better than the majority answer, but no better than the label-prior")
@@ -108,6 +110,8 @@ def test_localisation_of_a_known_context_vector(tiny):
     gl = referee.localisation_glue({"x": loc}, [1, L], L, 1)
     assert gl["x_frac_L"] == pytest.approx(0.36, abs=2e-4) and gl["x_ratio_L"] == pytest.approx(0.36 * 64 / 3, abs=0.01)
     assert gl["below_chance"] == "none" and gl["x_xi_icl"] == r["retrieved_fraction"]["1-shot prompting"]
+    bare = referee.localisation(un, h_zero, h_icl, labels, ids, lambdas=[0.5, 1.0], layer=L, k_shot=1, retrieved=False)
+    assert "retrieved_fraction" not in bare.record and "x_xi_icl" not in referee.localisation_glue({"x": bare}, [L], L, 1)
     with pytest.raises(ValueError, match="layer"):
         referee.localisation(un, h_zero, h_icl, labels, ids, lambdas=[1.0], layer=L + 1, k_shot=1)
 
@@ -126,8 +130,9 @@ def test_baseline_rows_on_a_tiny_model(tiny, tmp_path):
     kw = dict(k_shot=1, lambdas=[0.5, 2.0], context_layers=[1, L], patch_layers=[1, 2], n_folds=2, seed=0,
               cache_root=tmp_path)
     pool = torch.tensor([1, 1, 1, 0])
-    rows, choices = referee.baseline_rows(tiny, un, ts, rl, h_cf[0, L], pool=pool, **kw)
-    assert list(rows)[:2] == ["majority answer", "zero-shot"] and referee.ADDITIVE in rows and len(rows) == 12
+    rows, choices, layer_rows = referee.baseline_rows(tiny, un, ts, rl, h_cf[0, L], pool=pool, **kw)
+    assert list(rows)[:2] == ["majority answer", "zero-shot"] and referee.ADDITIVE in rows and len(rows) == 15
+    assert set(rows) == set(referee.row_keys(1))
     assert set(referee.against(1).values()) <= set(rows)
     assert all(r.shape == (8,) and set(r.unique().tolist()) <= {0.0, 1.0} for r in rows.values())
     grid = dict(lambdas=[0.5, 2.0], context_layers=[1, L], query_layer=L, n_folds=2, seed=0)
@@ -142,9 +147,84 @@ def test_baseline_rows_on_a_tiny_model(tiny, tmp_path):
     assert torch.equal(rows["zero-shot"], zero.correct(ids, labels))
     restricted = baselines.label_restricted_correct(zero.label_logits, labels)
     assert torch.equal(rows["zero-shot, label-restricted"], restricted)
-    assert set(choices) == {"additive", "random_label", "label_prior", "task_vector"}
+    assert set(choices) == {"additive", "random_label", "label_prior", "icl_mean", "task_vector"}
+    assert torch.equal(rows[referee.ADDITIVE_RESTRICTED], add.restricted_correct)
+    assert torch.equal(layer_rows["additive"][1], add.by_layer[1]) and set(layer_rows["label_prior"]) == {1, L}
+    folds = steering.folds_of(8, 2, 0)
+    assert torch.equal(rows[referee.LOGIT_PRIOR], baselines.logit_prior_correct(zero.label_logits, labels, folds=folds))
+    mean_icl = steering.heldout_additive(un, h_zero, h_icl, labels, ids, **grid, variant="icl_mean")
+    assert torch.equal(rows[referee.ICL_MEAN], mean_icl.correct)
+    no_tv, ch, _ = referee.baseline_rows(tiny, un, ts, rl, h_cf[0, L], pool=pool, **kw, task_vector=False)
+    assert referee.TASK_VECTOR not in no_tv and "task_vector" not in ch
+    assert torch.equal(no_tv[referee.ADDITIVE], rows[referee.ADDITIVE])
     with pytest.raises(ValueError, match="h_cf"):
         referee.baseline_rows(tiny, un, rl, rl, h_cf[0, L], pool=pool, **kw)
     with pytest.raises(ValueError, match="same queries"):
         short = SimpleNamespace(**{**vars(rl), "h_zero": h_zero[:4], "h_icl": h_icl[:4]})
         referee.baseline_rows(tiny, un, ts, short, h_cf[0, L], pool=pool, **kw)
+
+
+def test_pool_rows_averages_per_query_and_matches_partial_rows():
+    a = [{referee.ADDITIVE: torch.tensor([1.0, 0.0, 1.0, 0.0]), "x": torch.tensor([0.0, 0.0, 1.0, 1.0]),
+          referee.TASK_VECTOR: torch.tensor([1.0, 1.0, 0.0, 0.0])},
+         {referee.ADDITIVE: torch.tensor([1.0, 1.0, 0.0, 0.0]), "x": torch.tensor([0.0, 0.0, 1.0, 1.0])}]
+    pooled = referee.pool_rows(a)
+    assert pooled[referee.ADDITIVE].tolist() == [1.0, 0.5, 0.5, 0.0]
+    assert pooled["x"].tolist() == [0.0, 0.0, 1.0, 1.0]                        # the same in every set: unchanged
+    assert pooled[referee.TASK_VECTOR].tolist() == [1.0, 1.0, 0.0, 0.0]         # on the first set only
+    assert pooled[referee.matched_name(referee.TASK_VECTOR)].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert referee.matched_name("x") not in pooled
+    with pytest.raises(ValueError, match="same queries"):
+        referee.pool_rows([a[0], {referee.ADDITIVE: torch.zeros(3), "x": torch.zeros(3)}])
+    with pytest.raises(ValueError, match="non-empty"):
+        referee.pool_rows([])
+
+
+def test_pooled_verdicts_use_the_permutation_test_the_matched_row_and_fixed_layers():
+    g = torch.Generator().manual_seed(0)
+    sets = []
+    for _ in range(3):
+        r = rows_for(0.8, 0.3)
+        r[referee.ADDITIVE] = (torch.rand(P, generator=g) < 0.8).double()
+        sets.append(r)
+    del sets[1][referee.TASK_VECTOR], sets[2][referee.TASK_VECTOR]
+    pooled = referee.pool_rows(sets)
+    layer = {"additive": {5: pooled[referee.ADDITIVE], 9: frac(0.35)}, "label_prior": {5: frac(0.3), 9: frac(0.3)}}
+    v = referee.paired_verdicts({"a": pooled}, k_shot=1, seed=0, by_layer={"a": layer})
+    assert v.paired["a", "majority"].test == "permutation"                      # set means: not 0/1
+    tv = v.paired["a", "task_vector"]                                           # first set against first set
+    assert tv.test == "McNemar" and tv.diff == pytest.approx(float(sets[0][referee.ADDITIVE].mean()) - 0.3)
+    assert v.verdict["a"] == "supported" and v.by_layer["a", 5]["verdict"] == "supported"
+    assert v.by_layer["a", 9]["verdict"] == "not reproduced"                   # 0.35 vs the majority's 0.4
+    g2 = v.glue_values()
+    assert g2["a_verdict"] == "supported" and g2["a_verdict_layer_changes"] == "changes with the layer"
+    assert g2["a_verdict_by_layer"] == "c:5 supported, c:9 not reproduced"
+    assert {t["test"] for t in v.ledger_tests()} <= {"permutation", "McNemar"}
+    assert any(t["test"] == "permutation" for t in v.ledger_tests())
+    assert {(t["row"], t["role"]) for t in v.ledger_tests()} == {("steering", "vs_majority"),
+                                                                  ("steering", "vs_label_prior"),
+                                                                  ("steering", "vs_best_simple"),
+                                                                  ("label_mapping", "vs_random_label")}
+
+
+def test_span_ratio_intervals_cover_a_known_ratio(tiny):
+    un = Unembed(tiny.model)
+    ids, L, d = [5, 17, 40], tiny.n_layers, 64
+    Q = lens.readout_basis(un, ids)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(d, generator=g)
+    v = v - Q @ (Q.T @ v)
+    c = 3 * Q[:, 0] + 4 * v / v.norm()                                       # fraction 0.36 in the span
+    diffs = c + 0.3 * torch.randn(200, L + 1, d, generator=g)
+    iv = referee.span_ratio_intervals(un, diffs, ids, n_boot=300, seed=0)
+    want = 0.36 * d / 3
+    assert iv["ratio"].shape == (L + 1,) and bool((iv["lo"] <= iv["ratio"]).all() and (iv["ratio"] <= iv["hi"]).all())
+    assert bool((iv["lo"] < want).all() and (want < iv["hi"]).all())
+    assert float((iv["hi"] - iv["lo"]).max()) < 0.2 * want
+    glue = referee.span_interval_glue({"x": iv}, [1, L], L)
+    assert glue["x_above"] == "c:1, c:" + str(L) and glue["x_below"] == "none"
+    assert glue["x_span_changes"] == "is the same at every context layer"
+    with pytest.raises(ValueError, match="diffs"):
+        referee.span_ratio_intervals(un, diffs[0], ids)
+    with pytest.raises(ValueError, match="n_boot"):
+        referee.span_ratio_intervals(un, diffs, ids, n_boot=0)

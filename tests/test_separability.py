@@ -82,13 +82,14 @@ def test_assess_on_constructed_settings():
 def test_report_text_glue_and_summary():
     rep = constructed()
     lines = rep.text().split("\n")
-    assert lines[0].startswith("paired differences of accuracy")
-    assert len(lines) == 1 + 2 * (10 + 1 + 1 + 1) + 4   # per setting: 2 x 5 comparisons, calibrated, onsets, blank
+    assert lines[0].startswith("paired differences (A minus B)")
+    assert len(lines) == 1 + 2 * (10 + 1 + 1 + 1) + 5   # per setting: 2 x 5 comparisons, calibrated, onsets, blank
     assert ("   sst2 k=0 first layer where the probe beats bag of words and majority: layer 2; where the centred lens "
             "beats majority: layer 5 (raw lens: none)") in lines
     assert lines[-1] == f"verdict on the paper's Figure 7 claim: {rep.verdict}"
     g = rep.glue_values()
     assert g["sst2_k0_onset_probe"] == "layer 2" and g["sst2_k1_onset_probe"] == "none"
+    assert g["sst2_k0_cen_at_onset"] == 1.0 and g["sst2_k1_cen_at_onset"] == 1.0    # ones_from(5), ones_from(2)
     assert g["sst2_k0_probe_third"] == 1.0 and g["sst2_k0_probe_third_ci"].startswith("1.00 [")
     assert g["sst2_lex"] == pytest.approx(0.6) and g["sst2_maj"] == pytest.approx(0.5)
     assert g["sst2_k0_raw_share"] == 1.0 and g["sst2_k0_raw_base"] == 0.5
@@ -103,7 +104,7 @@ def test_report_text_glue_and_summary():
         (n, r) for n in ("SST-2 zero-shot", "SST-2 1-shot") for r in ("vs_bag_of_words", "vs_majority", "vs_centred_lens")]
     assert all(t["row"] == "separability" for t in tests)
     assert tests[0]["p_value"] == rep.settings["sst2", 0].tests["third"]["probe - bag of words"].p_value
-    assert s["sst2_k0"]["raw_lens_at_third"] == {"n_labels_used": 1, "answer": 1, "answer_share": 1.0, "base_rate": 0.5}
+    assert s["sst2_k0"]["raw_lens_at_third"] == [{"n_labels_used": 1, "answer": 1, "answer_share": 1.0, "base_rate": 0.5}]
     assert s["sst2_k0"]["onset_probe_vs_bag_of_words_and_majority"] == 2
     assert s["claim_holds_at_third"] == ["SST-2 zero-shot"] and s["verdict"] == rep.verdict
 
@@ -168,3 +169,64 @@ def test_a_centred_lens_that_never_qualifies_is_not_counted_as_order():
     assert rep.verdict_order.startswith("in 1 of 2 settings (in 1 more, SST-2 zero-shot, the centred lens never")
     g = rep.glue_values()
     assert g["ordered"] == 1 and g["vacuous"] == 1 and g["vacuous_list"] == "SST-2 zero-shot"
+
+
+def test_several_sets_are_pooled_per_query_with_the_permutation_test():
+    """Three sets of the same 100 queries: the comparisons are permutation tests of the mean of each query's mean
+    over the sets (the
+    query stays the unit: n = 100), the accuracies are given per set, the ledger records the pooled tests."""
+    sets = []
+    for s in range(3):
+        probe = ones_from(2)
+        probe[50:50 + 10 * s, 0] = 1                       # set s: layer 0 right on 10 s more queries
+        probe[50:50 + 10 * s, THIRD] = 0                   # and L/3 wrong on them
+        sets.append(readouts(probe, ones_from(5), ones_from(LAYERS), torch.ones(P, LAYERS)))
+    rep = sep.assess({("sst2", 0): readouts(ones_from(2), ones_from(5), ones_from(LAYERS), torch.ones(P, LAYERS)),
+                      ("sst2", 1): sets}, {"sst2": LEXICAL}, {"sst2": MAJORITY}, third=THIRD, last=LAST,
+                     checks=[1, 3, LAST], seed=0)
+    one, three = rep.settings["sst2", 0], rep.settings["sst2", 1]
+    assert one.tests["third"]["probe - majority"].test == "McNemar" and three.n_sets == 3
+    t = three.tests["third"]["probe - majority"]
+    assert t.test == "permutation" and t.n == P and (t.n_pos, t.n_neg) == (50, 0)
+    pooled = sep.pool_readouts(sets)
+    assert torch.equal(rep.results["sst2", 1].correct["probe"], pooled.correct["probe"])
+    assert pooled.correct["probe"][50:60, 0].tolist() == pytest.approx([2 / 3] * 10)
+    assert sep.pool_readouts(sets[:1]) is sets[0]
+    g = rep.glue_values()
+    assert g["sst2_k1_probe_l1_ci"] == "0.50" and g["sst2_k0_probe_third_ci"].startswith("1.00 [")
+    assert g["sst2_k1_raw_share"] == 1.0
+    # at layer 0 the sets differ: the probe's accuracy per set is 0.50, 0.60, 0.70
+    assert sep.accuracy_text([x.correct["probe"][:, 0] for x in sets]) == "0.600 (0.500-0.700 over 3 sets)"
+    assert list(rep.early_layers) == [1, 2, 3, LAST] and rep.early_layers[LAST] == "last"
+    assert rep.holds_at(1) == [] and rep.holds_at(2) == ["SST-2 zero-shot", "SST-2 1-shot"]
+    assert rep.early_changes == ["SST-2 zero-shot", "SST-2 1-shot"]
+    assert g["early_by_layer"].startswith("layer 1: not reproduced on this model; layer 2: supported;")
+    tests = rep.ledger_tests()
+    assert [t["test"] for t in tests] == ["McNemar"] * 3 + ["permutation"] * 3
+    assert tests[4]["p_value"] == t.p_value
+    s = rep.summary()
+    assert s["sst2_k1"]["n_sets"] == 3 and len(s["sst2_k1"]["raw_lens_at_third"]) == 3
+    assert s["sst2_k1"]["claim_holds_by_layer"] == {1: False, 2: True, 3: True, LAST: False}   # the lens is perfect at L
+    table = sep.accuracy_table(rep.per_set, {"sst2": LEXICAL}, {"sst2": MAJORITY}, {0: "first"})
+    assert "0.600 (0.500-0.700 over 3 sets)" in table
+    const = sep.constant_answer_table(rep.per_set, THIRD).split("\n")
+    assert len(const) == 2 + 1 + 3 and "sst2  1 set 2" in const[-1]
+    with pytest.raises(ValueError, match="layer"):
+        rep.holds_at(4)
+    with pytest.raises(ValueError, match="same queries"):
+        sep.pool_readouts([sets[0], sep.Readouts(correct=sets[0].correct, label_logits=sets[0].label_logits,
+                                                 labels=LABELS.flip(0))])
+
+
+def test_layer_band_is_a_bootstrap_interval_per_layer():
+    a = torch.zeros(200, 3, dtype=torch.float64)
+    a[:100, 1] = 1
+    a[:, 2] = 1
+    mean, lo, hi = sep.layer_band(a, n_boot=500, seed=1)
+    assert mean.tolist() == [0.0, 0.5, 1.0]
+    assert lo[0] == hi[0] == 0 and lo[2] == hi[2] == 1
+    assert 0.40 < lo[1] < 0.5 < hi[1] < 0.60                    # about 0.5 +- 1.96 * 0.035
+    with pytest.raises(ValueError, match="correct"):
+        sep.layer_band(a[:, 0])
+    with pytest.raises(ValueError, match="n_boot"):
+        sep.layer_band(a, n_boot=0)

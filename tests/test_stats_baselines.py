@@ -236,3 +236,37 @@ def test_label_prior_vector_raises_every_label_equally():
     lift = (gain_rows @ v[1]).detach()
     assert lift.std() < 1e-5 * lift.abs().mean()        # the same increase on every label
     assert lift.mean() > 0
+
+
+def test_logit_prior_fit_known_answer_and_validation():
+    # three queries, two labels: mean logits (2, 1/3), class counts (1, 2) -> log prior log(2/5), log(3/5)
+    z = torch.tensor([[3.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+    y = torch.tensor([0, 1, 1])
+    b = baselines.fit_logit_prior(z, y)
+    assert b.tolist() == pytest.approx([math.log(2 / 5) - 2.0, math.log(3 / 5) - 1 / 3])
+    # the shift undoes a constant bias on label 0: queries the raw argmax gets wrong become right
+    assert ((z + b).argmax(-1)).tolist() == [0, 1, 1] and (z.argmax(-1)).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="label_logits"):
+        baselines.fit_logit_prior(z[:2], y)
+    with pytest.raises(ValueError, match="finite"):
+        baselines.fit_logit_prior(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]))
+
+
+def test_logit_prior_is_fitted_on_the_other_fold_only():
+    g = torch.Generator().manual_seed(0)
+    P = 40
+    y = torch.randint(0, 3, (P,), generator=g)
+    z = torch.randn(P, 3, generator=g) + torch.nn.functional.one_hot(y, 3) * 1.0 + torch.tensor([4.0, 0.0, 0.0])
+    folds = [(torch.arange(0, P, 2), torch.arange(1, P, 2)), (torch.arange(1, P, 2), torch.arange(0, P, 2))]
+    a = baselines.logit_prior_correct(z, y, folds=folds)
+    for fit, ev in folds:
+        b = baselines.fit_logit_prior(z[fit], y[fit])
+        assert torch.equal(a[ev], ((z[ev] + b).argmax(-1) == y[ev]).double())
+    # the bias of +4 on label 0 ruins the raw restricted answer; the fitted prior removes it
+    assert a.mean() > baselines.label_restricted_correct(z, y).mean() + 0.2
+    z2 = z.clone()
+    z2[folds[0][1]] += torch.tensor([0.0, 50.0, 0.0])     # changing the evaluated fold's logits leaves b of fold 0 alone
+    b0 = baselines.fit_logit_prior(z2[folds[0][0]], y[folds[0][0]])
+    assert torch.equal(b0, baselines.fit_logit_prior(z[folds[0][0]], y[folds[0][0]]))
+    with pytest.raises(ValueError, match="exactly once"):
+        baselines.logit_prior_correct(z, y, folds=folds[:1])

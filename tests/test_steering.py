@@ -235,3 +235,37 @@ def test_heldout_additive_transform_identity_and_zero(tiny):
     assert torch.equal(zero.correct, expect)
     with pytest.raises(ValueError, match="transform must return"):
         steering.heldout_additive(unembed, h_zero, h_icl, labels, ids, **grid, transform=lambda c: c[0])
+
+
+def test_heldout_additive_restricted_by_layer_and_icl_mean(tiny):
+    """The steered state's label-restricted score is the argmax of its label logits at the chosen setting; a context
+    layer fixed in advance gives what a grid of that one layer gives; ``icl_mean`` adds the mean ICL state."""
+    torch.manual_seed(1)
+    un = Unembed(tiny.model)
+    P, L, d = 16, tiny.n_layers, tiny.model.config.hidden_size
+    h_zero = torch.randint(-3, 4, (P, L + 1, d)).float()        # integer-valued: the means below are exact
+    h_icl = h_zero + torch.randint(-3, 4, (P, L + 1, d)).float()
+    labels = torch.randint(0, 3, (P,))
+    ids = [5, 9, 13]
+    grid = dict(lambdas=[0.5, 2.0, 8.0], query_layer=L, n_folds=2, seed=0)
+    a = steering.heldout_additive(un, h_zero, h_icl, labels, ids, context_layers=[1, 2, L], **grid)
+    assert set(a.by_layer) == {1, 2, L} and a.restricted_correct.shape == (P,)
+    for l in (1, 2, L):
+        one = steering.heldout_additive(un, h_zero, h_icl, labels, ids, context_layers=[l], **grid)
+        assert torch.equal(a.by_layer[l], one.correct)
+        assert [c["lambda_by_layer"][l] for c in a.choices] == [c["lambda"] for c in one.choices]
+    for (fit, ev), ch in zip(steering.folds_of(P, 2, 0), a.choices):
+        c_bar = lens.context_vector(h_icl[fit], h_zero[fit])
+        st = lens.additive_retrieval(un, h_zero[ev], c_bar, ids, lambdas=[ch["lambda"]],
+                                     context_layers=[ch["context_layer"]], query_layers=[L])
+        want = (st.label_logits.reshape(len(ev), -1).argmax(-1) == labels[ev]).double()
+        assert torch.equal(a.restricted_correct[ev], want)
+        assert torch.equal(a.correct[ev], st.correct(ids, labels[ev]).flatten())
+    # label-restricted is never below full-vocabulary correctness of the same state
+    assert bool((a.restricted_correct >= a.correct).all())
+    # icl_mean: mean(h_icl) is the difference vector of ICL states h_icl + h_zero
+    m = steering.heldout_additive(un, h_zero, h_icl, labels, ids, context_layers=[1, L], variant="icl_mean", **grid)
+    same = steering.heldout_additive(un, h_zero, h_icl + h_zero, labels, ids, context_layers=[1, L], **grid)
+    assert torch.equal(m.correct, same.correct) and m.choices == same.choices
+    with pytest.raises(ValueError, match="variant"):
+        steering.heldout_additive(un, h_zero, h_icl, labels, ids, context_layers=[1], variant="mean", **grid)

@@ -12,6 +12,11 @@ correctness ``(P,)`` as float64 0/1, so that :func:`cgar_src.analysis.stats.comp
 * :func:`calibrated_correct`: contextual calibration (Zhao et al. 2021). With :math:`p` the label distribution of the
   query's prompt and :math:`p_{cf}` that of the same prompt with a content-free input ("N/A"), the calibrated
   prediction is :math:`\arg\max_y p_y / p_{cf,y} = \arg\max_y (z_y - z_{cf,y})` (the normalisers cancel);
+* :func:`fit_logit_prior`, :func:`logit_prior_correct`: a label prior in *logit* space, a constant vector :math:`b`
+  added to the zero-shot label logits, :math:`\hat y = \arg\max_y (z_y + b_y)`, fitted on the fitting fold only:
+  :math:`b_y = \log\hat\pi_y - \overline{z}_y`, the fitting fold's log class frequency (add-one smoothed) minus
+  that label's mean logit over the fitting queries (the model's own preference for the label, whatever the input).
+  It needs no demonstrations and no context vector: the strongest thing a "prior over the label set" can do;
 * :func:`label_prior_vector`: a residual-stream direction that raises every label's logit by the same amount to
   first order, norm-matched to a context vector: the control that tells "c_bar raises the label set" from "c_bar
   carries the input-label mapping".
@@ -25,7 +30,7 @@ from ..lm import Unembed
 from .lens import readout_rows
 
 __all__ = ["majority_class", "majority_correct", "label_restricted_correct", "calibrated_predictions",
-           "calibrated_correct", "label_prior_vector", "VERDICTS", "additive_verdict", "verdict_reason"]
+           "calibrated_correct", "fit_logit_prior", "logit_prior_correct", "label_prior_vector", "VERDICTS", "additive_verdict", "verdict_reason"]
 
 
 def majority_class(reference) -> int:
@@ -74,6 +79,37 @@ def calibrated_correct(label_logits, cf_label_logits, labels) -> torch.Tensor:
     y = indices(labels, "labels", what="class indices")
     _logits(label_logits, y, "label_logits")
     return (calibrated_predictions(label_logits, cf_label_logits) == y).double()
+
+
+def fit_logit_prior(label_logits, labels) -> torch.Tensor:
+    r"""The logit-space label prior of the module docstring, fitted on queries with label logits ``(P, n_labels)``
+    and ``labels`` ``(P,)``: :math:`b_y = \log\hat\pi_y - \frac1P\sum_i z_{i,y}` with
+    :math:`\hat\pi_y = (n_y + 1)/(P + |Y|)` (book chapter ``11_referee_checks``, label ``ch-referee``). Adding
+    :math:`b` removes each label's average logit and puts in the fold's log class frequency; returns ``(n_labels,)``
+    float64."""
+    y = indices(labels, "labels", what="class indices")
+    z = _logits(label_logits, y, "label_logits")
+    if not torch.isfinite(z).all():
+        raise ValueError("label_logits must be finite")
+    counts = torch.bincount(y, minlength=z.shape[1]).double()
+    log_prior = torch.log((counts + 1) / (counts.sum() + z.shape[1]))
+    return log_prior - z.mean(0)
+
+
+def logit_prior_correct(label_logits, labels, *, folds: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    r"""Held-out correctness ``(P,)`` of the logit-space prior: on each ``(fit, evaluate)`` pair of ``folds`` (e.g.
+    :func:`cgar_src.analysis.steering.folds_of`), :math:`b` is fitted on ``fit`` (:func:`fit_logit_prior`) and the
+    evaluated queries are answered :math:`\arg\max_y (z_y + b_y)`. Every query must be evaluated exactly once."""
+    y = indices(labels, "labels", what="class indices")
+    z = _logits(label_logits, y, "label_logits")
+    ev_all = torch.cat([torch.as_tensor(ev) for _, ev in folds]) if folds else torch.zeros(0, dtype=torch.long)
+    if ev_all.numel() != y.numel() or not torch.equal(ev_all.sort().values, torch.arange(y.numel())):
+        raise ValueError(f"folds must evaluate each of the {y.numel()} queries exactly once")
+    out = torch.zeros(y.numel(), dtype=torch.float64)
+    for fit, ev in folds:
+        b = fit_logit_prior(z[fit], y[fit])
+        out[ev] = ((z[ev] + b).argmax(-1) == y[ev]).double()
+    return out
 
 
 def label_prior_vector(unembed: Unembed, label_token_ids: list[int], norms: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,22 @@ import torch
 
 from ..lm import Unembed
 from . import baselines, lens
-from .stats import Comparison, SignTest, accuracy_ci, compare, fmt_ci, fmt_list, ledger_entry, sign_test
+from .seeds import seed_mean, spread
+from .stats import (
+    Comparison,
+    PermutationTest,
+    SignTest,
+    accuracy_ci,
+    fmt_ci,
+    fmt_list,
+    ledger_entry,
+    paired_test,
+    sign_test,
+)
 
 __all__ = ["LensCurves", "lens_curves", "prompt_name", "last_layer_summary", "majority_summary", "last_layer_table",
-           "ShotEffect", "shot_effect", "headline_values", "collapse_verdict", "accuracy_verdict", "verdict_values",
+           "ShotEffect", "shot_effect", "headline_values", "headline_spread", "spread_table", "LayerEffect",
+           "layer_effects", "collapse_verdict", "accuracy_verdict", "verdict_values",
            "VERDICT_NAMES", "ACCURACY_KINDS"]
 
 ACCURACY_KINDS = ("correct", "restricted", "calibrated")   # full vocabulary, label-restricted, calibrated
@@ -150,6 +162,42 @@ def headline_values(summary: Mapping[str, dict], datasets: Sequence[str], *, sho
     return out | {"kmax": k_max}
 
 
+def headline_spread(summaries: Sequence[Mapping[str, dict]], datasets: Sequence[str], *, shots: Sequence[int],
+                    random_label_shots: int) -> dict:
+    """:func:`headline_values` over demonstration sets (one last-layer summary per set, the same queries): each
+    number as its mean and range over the sets (:func:`cgar_src.analysis.seeds.spread`, ``"0.520 (0.480-0.550 over
+    3 sets)"``; a number every set shares, such as a zero-shot one, alone), with its own digits; words unchanged."""
+    per = [headline_values(s, datasets, shots=shots, random_label_shots=random_label_shots) for s in summaries]
+    if not per:
+        raise ValueError("summaries must hold one summary per demonstration set")
+    digits = lambda name: 1 if name.endswith(("_zero", "_icl", "_neff")) else 3
+    out = {}
+    for name, v in per[0].items():
+        if isinstance(v, str) or name == "kmax":
+            out[name] = v
+        else:
+            out[name] = spread([p[name] for p in per]).fmt(digits(name))
+    return out
+
+
+def spread_table(summaries: Sequence[Mapping[str, dict]], datasets: Sequence[str], *, shots: Sequence[int],
+                 random_label_shots: int) -> list[str]:
+    """The last-layer table over demonstration sets: per dataset and prompt set the median :math:`N_{eff}`, the
+    label mass and the three accuracies, each as its mean and range over the sets (one summary per set, from
+    :func:`last_layer_table`)."""
+    head = (f"{'dataset':>7} {'prompt':>16} {'med N_eff':>22} {'mass':>24} {'accuracy (vocab)':>24} "
+            f"{'label-restricted':>24} {'calibrated':>24}")
+    lines = [head]
+    for ds in datasets:
+        for key in [*shots, "random"]:
+            rows = [s[f"{ds}_{key}"] for s in summaries]
+            cells = [spread([r["median_n_eff"] for r in rows]).fmt(1), spread([r["label_mass"] for r in rows]).fmt(3)]
+            cells += [spread([r[f"accuracy_{k}"][0] for r in rows]).fmt(3) if f"accuracy_{k}" in rows[0] else "-"
+                      for k in ACCURACY_KINDS]
+            lines.append(f"{ds:>7} {prompt_name(key, random_label_shots):>16} " + " ".join(f"{c:>24}" for c in cells))
+    return lines
+
+
 @dataclass
 class ShotEffect:
     """The paired effect of the demonstrations on one dataset's queries (chapter 07, "What the demonstrations change").
@@ -167,8 +215,8 @@ class ShotEffect:
     mass_change: SignTest
     log_n_eff_change: SignTest
     true_minus_random_mass: SignTest
-    accuracy: dict[str, Comparison]
-    steps: dict[str, Comparison]
+    accuracy: dict[str, Comparison | PermutationTest]
+    steps: dict[str, Comparison | PermutationTest]
     kmax_mass: float
 
     @property
@@ -235,12 +283,23 @@ class ShotEffect:
                    f"{dataset}_drand": self.true_minus_random_mass.fmt(3)})
 
 
-def shot_effect(curves: Mapping[int | str, LensCurves], labels: torch.Tensor, pool: torch.Tensor, *,
-                shots: Sequence[int], random_label_shots: int, seed: int = 0) -> ShotEffect:
+def shot_effect(curves: Mapping[int | str, LensCurves] | Sequence[Mapping[int | str, LensCurves]],
+                labels: torch.Tensor, pool: torch.Tensor, *, shots: Sequence[int], random_label_shots: int,
+                seed: int = 0) -> ShotEffect:
     """Paired per-query comparisons of one dataset's prompt sets ``curves[key]`` (keys: every shot count of
     ``shots``, which holds 0, and ``"random"``): see :class:`ShotEffect`. ``labels`` ``(P,)`` scores the majority
     answer (scored against ``labels``; pass ``pool`` for the demonstration pool's labels, whose majority class it
-    answers). All intervals are seeded with ``seed``."""
+    answers). All intervals are seeded with ``seed``.
+
+    ``curves`` may also be a list, one mapping per demonstration set shown to the same queries: each prompt set is
+    then averaged per query over the sets (:func:`cgar_src.analysis.seeds.seed_mean`) and every comparison is the
+    pooled exact test with the query as its unit (:func:`cgar_src.analysis.stats.paired_test`: the sign test of the
+    per-query mean difference; McNemar when there is one set)."""
+    if not isinstance(curves, Mapping):
+        sets = list(curves)
+        if not sets or not all(isinstance(c, Mapping) for c in sets):
+            raise ValueError("curves must be a mapping of prompt sets or a non-empty list of them (one per seed)")
+        curves = {key: seed_mean([c[key] for c in sets]) for key in sets[0]}
     missing = [k for k in (0, random_label_shots, *shots, "random") if k not in curves]
     if missing:
         raise ValueError(f"curves lacks the prompt sets {missing} (keys: shots, which must hold 0, and 'random')")
@@ -250,17 +309,69 @@ def shot_effect(curves: Mapping[int | str, LensCurves], labels: torch.Tensor, po
     d_mass = sign_test(f64(kk.label_mass) - f64(z.label_mass), seed=seed)
     d_neff = sign_test(torch.log(f64(kk.n_eff)) - torch.log(f64(z.n_eff)), seed=seed)
     d_rand = sign_test(f64(r1.label_mass) - f64(rr.label_mass), seed=seed)
-    cmp = {"kmax_vs_restricted0": compare(kk.correct, z.restricted, seed=seed),
-           "kmax_vs_majority": compare(kk.correct, baselines.majority_correct(labels, reference=pool), seed=seed)}
+    cmp = {"kmax_vs_restricted0": paired_test(kk.correct, z.restricted, seed=seed),
+           "kmax_vs_majority": paired_test(kk.correct, baselines.majority_correct(labels, reference=pool), seed=seed)}
     if z.calibrated is not None:
-        cmp["kmax_vs_calibrated0"] = compare(kk.correct, z.calibrated, seed=seed)
+        cmp["kmax_vs_calibrated0"] = paired_test(kk.correct, z.calibrated, seed=seed)
     # the label-restricted accuracy (fair to zero-shot, whose full-vocabulary argmax is rarely a label) from each
     # shot count to the next, paired on the same queries
-    steps = {f"{a}_to_{b}": compare(curves[b].restricted, curves[a].restricted, seed=seed)
+    steps = {f"{a}_to_{b}": paired_test(curves[b].restricted, curves[a].restricted, seed=seed)
              for a, b in zip(shots, shots[1:])}
     return ShotEffect(k_max=k_max, random_shots=random_label_shots, mass_change=d_mass, log_n_eff_change=d_neff,
                       true_minus_random_mass=d_rand, accuracy=cmp, steps=steps,
                       kmax_mass=float(kk.label_mass[:, -1].mean()))
+
+
+@dataclass
+class LayerEffect:
+    r"""The collapse test at one fixed layer ``layer`` (chapter 07, "At fixed layers"): per query the change of the
+    label mass and of :math:`\log N_{eff}` from zero-shot to ``k`` shots (pooled over the demonstration sets with the
+    query as its unit), each with the exact sign test, and the verdict ``collapse`` (both real, in the collapse's
+    direction) or ``spreads`` (:math:`N_{eff}` really rises: the demonstrations spread recall over more memories
+    there, whatever the label mass does)."""
+
+    layer: int
+    mass_change: SignTest
+    log_n_eff_change: SignTest
+
+    @property
+    def collapse(self) -> bool:
+        return bool(self.mass_change.better and self.log_n_eff_change.worse)
+
+    @property
+    def spreads(self) -> bool:
+        return bool(self.log_n_eff_change.better)
+
+    @property
+    def word(self) -> str:
+        return "collapse" if self.collapse else "N_eff rises" if self.spreads else "no real collapse"
+
+
+def layer_effects(curves: Mapping[int | str, LensCurves] | Sequence[Mapping[int | str, LensCurves]], *, k: int,
+                  layers: Sequence[int], seed: int = 0) -> list[LayerEffect]:
+    r"""The collapse test of :func:`shot_effect` at each of ``layers`` (fixed in the chapter's parameters before
+    looking, as fractions of the depth) instead of the last layer only: per query
+    :math:`\Delta m^{(l)} = m^{(l)}_k - m^{(l)}_0` and :math:`\Delta \log N_{eff}^{(l)}`, averaged over the sets
+    when ``curves`` is a list (one mapping per set, keys 0 and ``k``), each with the exact sign test."""
+    if not isinstance(curves, Mapping):
+        sets = list(curves)
+        if not sets:
+            raise ValueError("curves must be a mapping of prompt sets or a non-empty list of them (one per seed)")
+        curves = {key: seed_mean([c[key] for c in sets]) for key in (0, k)}
+    if 0 not in curves or k not in curves:
+        raise ValueError(f"curves must hold the zero-shot (0) and {k}-shot prompt sets")
+    n_layers = curves[0].n_eff.shape[1]
+    bad = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < n_layers)]
+    if bad or not layers:
+        raise ValueError(f"layers must be a non-empty list of layer indices in [0, {n_layers - 1}], got {list(layers)}")
+    z, kk = curves[0], curves[k]
+    out = []
+    for layer in layers:
+        dm = kk.label_mass[:, layer].double() - z.label_mass[:, layer].double()
+        dn = torch.log(kk.n_eff[:, layer].double()) - torch.log(z.n_eff[:, layer].double())
+        out.append(LayerEffect(layer=layer, mass_change=sign_test(dm, seed=seed),
+                               log_n_eff_change=sign_test(dn, seed=seed)))
+    return out
 
 
 def collapse_verdict(mass_change, log_n_eff_change, kmax_mass: float, true_minus_random=None) -> dict[str, bool]:

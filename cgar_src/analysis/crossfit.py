@@ -8,7 +8,12 @@ full-vocabulary logit-lens scores :math:`W_U\,\mathrm{Norm}(h)` in float64:
 * target :math:`\log p_{ICL} = \log\mathrm{softmax}(W_U\,\mathrm{Norm}(h^{(L)}_{icl}))`, the model's own in-context
   output;
 * context evidence :math:`s_c^{(l)} = W_U\,\mathrm{Norm}(h^{(l)}_{cf})` of the content-free prompt at each context
-  layer.
+  layer. There is one content-free prompt per demonstration set (``cgar_src.tasks.icl.task_states``), so within a
+  set every row of :math:`s_c` is the same vector :math:`c`: the dense and gated models then add one bias
+  (:math:`\lambda c`, :math:`\lambda G_\alpha(c)`) to every query, their parameters are still identified across the
+  queries, and the gate's theory quantities are one number per fold (:math:`\Delta_{gate}` varies only with the
+  query's label). Several sets are evaluated one by one and pooled per query by
+  :func:`cgar_src.analysis.gate_report.pool_sets`.
 
 :func:`evaluate` scores (a) zero-shot, (b) dense bias, (c) sparse gate, (d) fixed point and (e) prior, each
 cross-fitted on the same folds (:func:`cgar_src.analysis.gate_fit.cross_fit`: parameters from the fitting rows only,

@@ -1,8 +1,9 @@
 r"""Fitting the theory's two-stage model to a language model's own states (book: ``chapters/12_gate_in_transformer``).
 
 Per query two score vectors over the whole vocabulary, both logit-lens scores :math:`W_U\,\mathrm{Norm}(h)`:
-:math:`s_q` (query evidence: the zero-shot prompt) and :math:`s_c` (context evidence: the content-free prompt made of
-that query's own demonstrations, which does not contain the query). The target is the model's actual in-context
+:math:`s_q` (query evidence: the zero-shot prompt) and :math:`s_c` (context evidence: the content-free prompt of the
+query's demonstration set, the set's demonstrations followed by the input "N/A", which does not contain the query;
+one prompt per set, so :math:`s_c` is the same for every query of a set). The target is the model's actual in-context
 distribution :math:`p_{ICL}` (its k-shot output). The competing models, all pure functions returning
 log-probabilities over the vocabulary (batched over queries, the vocabulary on the last axis):
 
@@ -41,7 +42,9 @@ import torch
 
 from .._validate import as_tensor, indices, nonnegative, positive
 from ..theory import dynamics
+from ..theory.gain import screen_columns
 from ..theory.gate import alpha_crit, gate
+from ..threads import torch_threads
 
 __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_probs_dense", "log_probs_gated",
            "log_probs_fixed_point", "kl", "kl_grid", "kl_grid_axes", "KAPPA_AXES", "GridFit", "fit_grid", "CrossFit", "cross_fit", "dense_limit_alpha",
@@ -57,16 +60,13 @@ GRID_MODELS = {"dense": ("beta", "lam"), "gated": ("alpha", "beta", "lam")}   # 
 
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Run a block with one intra-op thread, then restore the setting. The fixed-point solves iterate on reduced
-    problems of a few hundred columns, where torch's thread pool costs more than it saves: on 2 shared cores the
-    row reductions inside ``sparsemax`` ran 5-20 times slower with 2 threads than with 1, and chapter 12's whole
-    evaluation of one setting 2-4 times slower (measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """Run a block with one intra-op thread, then restore the setting: ``cgar_src.threads.torch_threads(1)``,
+    kept under this name for its callers. The fixed-point solves iterate on reduced problems of a few hundred
+    columns, where torch's thread pool costs more than it saves: on 2 shared cores the row reductions inside
+    ``sparsemax`` ran 5-20 times slower with 2 threads than with 1, and chapter 12's whole evaluation of one setting
+    2-4 times slower (measured)."""
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(n)
 
 
 # --- the models: log-probabilities over the vocabulary -----------------------------------------------------------
@@ -144,23 +144,32 @@ def kl(target_logp, model_logp) -> torch.Tensor:
 KAPPA_AXES = ("alpha", "beta", "kappa")
 
 
+def _check_grid(grid, names: tuple[str, ...], what: str, *, alt: str = "",
+                nonnegative_axes: tuple[str, ...] = ()) -> dict[str, list[float]]:
+    """The axes of ``grid``, which must be a dict with exactly the keys ``names`` (``what`` and ``alt`` name the model
+    and any other accepted key set in the message), each a non-empty list of positive numbers (non-negative on
+    ``nonnegative_axes``); a ``ValueError`` naming the bad key or entry otherwise. Shared by the grid models
+    (:func:`kl_grid_axes`) and the fixed point (:func:`fixed_point_grid`)."""
+    if not isinstance(grid, dict) or set(grid) != set(names):
+        raise ValueError(f"grid of {what} must be a dict with exactly the keys {names}{alt}, got {grid!r}")
+    axes = {}
+    for name in names:
+        vals = grid[name]
+        if not isinstance(vals, (list, tuple)) or not vals:
+            raise ValueError(f"grid[{name!r}] must be a non-empty list of numbers, got {vals!r}")
+        check = nonnegative if name in nonnegative_axes else positive
+        axes[name] = [check(v, f"grid[{name!r}] entry") for v in vals]
+    return axes
+
+
 def _grid_axes(model: str, grid: dict) -> dict[str, list[float]]:
     if model not in GRID_MODELS:
         raise ValueError(f"model must be one of {sorted(GRID_MODELS)}, got {model!r}")
     names = GRID_MODELS[model]
     if model == "gated" and isinstance(grid, dict) and set(grid) == set(KAPPA_AXES):
         names = KAPPA_AXES
-    if not isinstance(grid, dict) or set(grid) != set(names):
-        alt = f" (or {KAPPA_AXES})" if model == "gated" else ""
-        raise ValueError(f"grid of {model} must be a dict with exactly the keys {names}{alt}, got {grid!r}")
-    axes = {}
-    for name in names:
-        vals = grid[name]
-        if not isinstance(vals, (list, tuple)) or not vals:
-            raise ValueError(f"grid[{name!r}] must be a non-empty list of numbers, got {vals!r}")
-        check = nonnegative if name in ("lam", "kappa") else positive
-        axes[name] = [check(v, f"grid[{name!r}] entry") for v in vals]
-    return axes
+    alt = f" (or {KAPPA_AXES})" if model == "gated" else ""
+    return _check_grid(grid, names, model, alt=alt, nonnegative_axes=("lam", "kappa"))
 
 
 def kl_grid_axes(model: str, grid: dict) -> dict[str, list[float]]:
@@ -419,20 +428,16 @@ class FixedPointGrid:
 
 
 def _reduce(s_q: torch.Tensor, s_c: torch.Tensor, beta: float, margin: float):
-    r"""The exact reduced problem for one beta: the K columns whose s_c exceeds max s_c - ``margin`` (all that can
-    ever carry gate mass for alpha + lambda <= margin, :func:`cgar_src.theory.dynamics.support_screen`) and one
-    column standing for the rest: its s_q is :math:`\log\sum_{rest} e^{\beta s_{q,j}}/\beta` and its s_c lies so
-    far below that it never enters the gate's support."""
-    top = s_c.amax(-1, keepdim=True)
-    k = int((s_c > top - margin * (1 + 1e-6) - 1e-9 * top.abs()).sum(-1).max())
-    idx = s_c.topk(k, dim=-1).indices
-    rest = (beta * s_q).scatter(-1, idx, float("-inf"))
-    lse_rest = torch.logsumexp(rest, -1)
-    if k == s_c.shape[-1]:      # nothing left: a column of no weight (e^-1000 relative to every other) keeps the shape
-        lse_rest = (beta * s_q).amin(-1) - 1000.0
-    sq_r = torch.cat([s_q.gather(-1, idx), (lse_rest / beta)[:, None]], -1)
-    sc_r = torch.cat([s_c.gather(-1, idx), top - 3 * margin - 1], -1)
-    return idx, sq_r, sc_r, rest.amax(-1), rest.argmax(-1)
+    r"""The exact reduced problem for one beta (:func:`cgar_src.theory.gain.screen_columns`): the K columns whose s_c
+    exceeds max s_c - ``margin`` (all that can ever carry gate mass for alpha + lambda <= margin,
+    :func:`cgar_src.theory.dynamics.support_screen`) and one column standing for the rest: its s_q is
+    :math:`\log\sum_{rest} e^{\beta s_{q,j}}/\beta` and its s_c lies so far below that it never enters the gate's
+    support. Returns the screened columns, the reduced ``(P, K+1)`` scores, and the largest :math:`\beta s_q` among
+    the other columns with its column (the argmax off the screened columns)."""
+    sc = screen_columns(s_q, s_c, beta, margin)
+    sq_r = torch.cat([s_q.gather(-1, sc.idx), sc.rest_q[:, None]], -1)
+    sc_r = torch.cat([s_c.gather(-1, sc.idx), sc.rest_c[:, None]], -1)
+    return sc.idx, sq_r, sc_r, sc.rest.amax(-1), sc.rest.argmax(-1)
 
 
 @torch.no_grad()
@@ -451,15 +456,7 @@ def fixed_point_grid(s_q, s_c, target_logp, grid: dict, *, tol: float = 1e-9, ma
     :math:`\mathrm{KL} = \sum_i p_i\log p_i - \beta\,p\cdot s_q - \beta\lambda\,p_C\cdot g_C + \log Z`."""
     s_q, s_c = _pair(s_q, s_c)
     t = _target(target_logp, s_q)
-    names = ("alpha", "beta", "lam")
-    if not isinstance(grid, dict) or set(grid) != set(names):
-        raise ValueError(f"grid of the fixed point must be a dict with exactly the keys {names}, got {grid!r}")
-    axes = {}
-    for name in names:
-        vals = grid[name]
-        if not isinstance(vals, (list, tuple)) or not vals:
-            raise ValueError(f"grid[{name!r}] must be a non-empty list of numbers, got {vals!r}")
-        axes[name] = [positive(v, f"grid[{name!r}] entry") for v in vals]
+    axes = _check_grid(grid, ("alpha", "beta", "lam"), "the fixed point")
     positive(damping, "damping")
     p = t.exp()
     negent, ps_q = _neg_entropy(t), (p * s_q).sum(-1)

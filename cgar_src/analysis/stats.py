@@ -33,7 +33,8 @@ from scipy.stats import binomtest
 from .._validate import confidence_level, positive_int
 
 __all__ = ["ALPHA", "wilson", "accuracy_ci", "Comparison", "compare", "SignTest", "sign_test", "holm",
-           "paired_from_record", "ledger_entry", "bootstrap_ci", "fmt_ci", "fmt_list"]
+           "paired_from_record", "ledger_entry", "bootstrap_ci", "fmt_ci", "fmt_list", "paired_test", "PermutationTest",
+           "permutation_test"]
 
 ALPHA = 0.05   #: the level at which a paired difference is called real (two-sided exact test)
 
@@ -164,6 +165,63 @@ class SignTest(_Decided):
                 f"sign test p = {self.p_value:.3g}")
 
 
+@dataclass(frozen=True)
+class PermutationTest(_Decided):
+    r"""A paired difference :math:`d_i` (A minus B per query) whose MEAN is tested: the paired permutation
+    (sign-flip) test, under the null hypothesis that each :math:`d_i` is symmetric about 0. Used for per-query
+    outcomes averaged over demonstration sets (shares, not 0/1), where the sign test would test the median instead."""
+
+    n: int
+    diff: float        # mean of d
+    lo: float          # percentile-bootstrap interval of the mean (display only)
+    hi: float
+    p_value: float     # (1 + #{|mean of flipped d| >= |mean of d|}) / (1 + n_perm), two-sided
+    n_perm: int        # random sign flips drawn
+    n_pos: int         # queries with d > 0
+    n_neg: int         # queries with d < 0
+
+    test = "permutation"
+
+    @property
+    def direction(self) -> int:
+        """+1 when the mean difference is positive, -1 when negative, 0 when it is 0."""
+        return int(np.sign(round(self.diff, 12)))
+
+    def __str__(self) -> str:
+        return f"{self.diff:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}], permutation p = {self.p_value:.3g}"
+
+    def fmt(self, digits: int = 3) -> str:
+        """The mean, its interval and the p-value with ``digits`` decimals."""
+        return (f"{self.diff:+.{digits}f} [{self.lo:+.{digits}f}, {self.hi:+.{digits}f}], "
+                f"permutation p = {self.p_value:.3g}")
+
+
+def permutation_test(diffs, *, n_perm: int = 20000, n_boot: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> PermutationTest:
+    r"""Paired permutation test of the mean of per-query differences ``diffs`` ``(P,)``: ``n_perm`` random sign
+    flips :math:`\epsilon_i \in \{\pm 1\}` (seeded with ``seed``), two-sided p-value
+    :math:`(1 + \#\{b : |\overline{\epsilon^{(b)} d}| \ge |\bar d|\}) / (1 + n_{perm})` (a valid test at every
+    ``n_perm``; its resolution is :math:`1/(1 + n_{perm})`), with the mean and its percentile-bootstrap interval for
+    display."""
+    d = torch.as_tensor(diffs, dtype=torch.float64).flatten()
+    if d.numel() == 0:
+        raise ValueError("diffs must not be empty")
+    if not torch.isfinite(d).all():
+        raise ValueError("diffs must be finite per-query differences")
+    positive_int(n_perm, "n_perm")
+    mean, lo, hi = bootstrap_ci(d, n_boot=n_boot, level=level, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    observed = abs(float(d.mean())) - 1e-12 * float(d.abs().max())   # ties in float arithmetic count as extreme
+    hits, done = 0, 0
+    while done < n_perm:
+        b = min(5000, n_perm - done)
+        signs = torch.randint(0, 2, (b, d.numel()), generator=g, dtype=torch.float64) * 2 - 1
+        hits += int(((signs * d).mean(1).abs() >= observed).sum())
+        done += b
+    return PermutationTest(n=d.numel(), diff=mean, lo=lo, hi=hi, p_value=(1 + hits) / (1 + n_perm), n_perm=n_perm,
+                           n_pos=int((d > 0).sum()), n_neg=int((d < 0).sum()))
+
+
 def compare(a, b, *, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> Comparison:
     """Paired comparison of two 0/1 correctness vectors on the same queries (see the module docstring)."""
     x, y = _binary(a, "a"), _binary(b, "b")
@@ -195,6 +253,22 @@ def sign_test(diffs, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) 
     return SignTest(n=d.numel(), diff=mean, lo=lo, hi=hi, p_value=_sign_p(n_pos, n_neg), n_pos=n_pos, n_neg=n_neg)
 
 
+def paired_test(a, b, *, seed: int = 0) -> Comparison | PermutationTest:
+    r"""The paired test of A against B on the same queries: exact McNemar (:func:`compare`) when both are 0/1
+    outcomes, else the paired permutation test of the mean of :math:`a_i - b_i` (:func:`permutation_test`). With A
+    averaged over S demonstration sets per query (:func:`cgar_src.analysis.seeds.seed_mean`), the query stays the
+    unit, so the pooled test never counts a query twice; with S = 1 the outcomes are 0/1 and the test is McNemar's.
+    (A sign test would count the direction of each query's share difference and test its median: with shares in
+    {0, 1/3, 2/3, 1} it can reject while the mean difference is near 0.)"""
+    x, y = torch.as_tensor(a, dtype=torch.float64).flatten(), torch.as_tensor(b, dtype=torch.float64).flatten()
+    if x.shape != y.shape:
+        raise ValueError(f"a and b must score the same queries, got {x.numel()} and {y.numel()} entries")
+    binary = lambda t: bool(((t == 0) | (t == 1)).all())
+    if binary(x) and binary(y):
+        return compare(x.numpy(), y.numpy(), seed=seed)
+    return permutation_test(x - y, seed=seed)
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     r"""Holm's step-down adjustment of m p-values (Holm 1979), in the input order. With the p-values sorted,
     :math:`p_{(1)} \le \dots \le p_{(m)}`,
@@ -217,10 +291,11 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
-def paired_from_record(record: Mapping) -> Comparison | SignTest:
-    """Rebuild a :class:`Comparison` (``record["test"] == "McNemar"``) or :class:`SignTest` (``"sign"``) from its
-    JSON record (its fields, as the chapters save them with ``vars(c) | {"test": c.test}``)."""
-    kinds = {"McNemar": Comparison, "sign": SignTest}
+def paired_from_record(record: Mapping) -> Comparison | SignTest | PermutationTest:
+    """Rebuild a :class:`Comparison` (``record["test"] == "McNemar"``), :class:`SignTest` (``"sign"``) or
+    :class:`PermutationTest` (``"permutation"``) from its JSON record (its fields, as the chapters save them with
+    ``vars(c) | {"test": c.test}``)."""
+    kinds = {"McNemar": Comparison, "sign": SignTest, "permutation": PermutationTest}
     kind = record.get("test") if isinstance(record, Mapping) else None
     if kind not in kinds:
         raise ValueError(f"record['test'] must be one of {sorted(kinds)}, got {kind!r}")
@@ -232,17 +307,17 @@ def paired_from_record(record: Mapping) -> Comparison | SignTest:
     return cls(**{f: record[f] for f in fields})
 
 
-def ledger_entry(row: str, role: str, setting: str, name: str, test: Comparison | SignTest) -> dict:
+def ledger_entry(row: str, role: str, setting: str, name: str, test: Comparison | SignTest | PermutationTest) -> dict:
     """One test of the claims ledger's family, as a chapter records it in its results (``ledger_tests``): the
     ledger row it decides (``row``), its part in that row's verdict rule (``role``), the setting (a dataset, a
-    coupling, ...), what is compared (``name``, "A minus B"), the kind of exact test (``test``: ``"McNemar"`` or
-    ``"sign"``) and every field of the test (``p_value``, ``diff``, ``lo``, ``hi``, ``n`` and the counts), so that
+    coupling, ...), what is compared (``name``, "A minus B"), the kind of test (``test``: ``"McNemar"``,
+    ``"sign"`` or ``"permutation"``) and every field of the test (``p_value``, ``diff``, ``lo``, ``hi``, ``n`` and the counts), so that
     :func:`paired_from_record` rebuilds it."""
     for arg, v in (("row", row), ("role", role), ("setting", setting), ("name", name)):
         if not isinstance(v, str) or not v:
             raise ValueError(f"{arg} must be a non-empty string, got {v!r}")
-    if not isinstance(test, (Comparison, SignTest)):
-        raise ValueError(f"test must be a Comparison or a SignTest, got {type(test).__name__}")
+    if not isinstance(test, (Comparison, SignTest, PermutationTest)):
+        raise ValueError(f"test must be a Comparison, a SignTest or a PermutationTest, got {type(test).__name__}")
     return {"row": row, "role": role, "setting": setting, "name": name, "test": test.test} | vars(test)
 
 

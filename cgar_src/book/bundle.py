@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -50,9 +51,10 @@ from ..tasks.data import TASKS, load_examples
 from ..tasks.demos import LABEL_MODES, draw_demo_set
 from ..tasks.icl import shared_task_states
 from ..tasks.templates import get_template
+from ..threads import torch_threads
 
 __all__ = ["Config", "configurations", "bundle_layers", "configuration_rows", "write_bundle", "read_bundle",
-           "verify_bundle", "code_version", "file_sha256", "estimate_run", "LAYER_FRACTIONS", "CONFIG_COLUMNS",
+           "verify_bundle", "bundle_frame", "code_version", "file_sha256", "estimate_run", "LAYER_FRACTIONS", "CONFIG_COLUMNS",
            "BUNDLE_FORMAT"]
 
 #: depth fractions of the stored layers, fixed before any result was seen; the last layer (1.0) is always stored
@@ -203,6 +205,29 @@ def read_bundle(path: str | Path):
     return pq.read_table(path), side
 
 
+_FRAME_BASE = CONFIG_COLUMNS + ("query", "gold", "pred_full", "pred_label", "pred_calibrated", "pred_majority")
+
+
+def bundle_frame(path: str | Path):
+    """The bundle's rows as a pandas DataFrame (configuration columns, predictions, ``mass_<l>`` and ``neff_<l>``;
+    the logit vectors are not read) and its sidecar. ``path``: the ``.parquet`` file or the stem. A missing file
+    raises FileNotFoundError naming the command that writes it (:data:`cgar_src.analysis.robustness.ROBUST_COMMAND`)."""
+    import pyarrow.parquet as pq
+
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise ValueError(f"path must be a bundle path (the .parquet file or its stem), got {path!r}")
+    file = Path(path).with_suffix(".parquet")
+    if not file.is_file():
+        raise FileNotFoundError(f"no bundle at {file}: write it with `python -m cgar_src.book.run --profile robust`")
+    names = pq.read_schema(file).names
+    table, side = read_bundle(file)
+    keep = [n for n in names if n in _FRAME_BASE or re.fullmatch(r"(mass|neff)_\d+", n)]
+    df = table.select(keep).to_pandas()
+    for c in ("model", "dataset", "template", "label_mode"):
+        df[c] = df[c].astype(str)
+    return df, side
+
+
 def _write(path: Path, table, sidecar: dict) -> None:
     import pyarrow.parquet as pq
 
@@ -339,15 +364,11 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
         unembed = Unembed(lm.model, float32=True)
         # the thread count the configuration was written with: CPU kernels split their sums by thread, and in
         # bfloat16 a different split moves N_eff by up to ~10 % (measured); float32 is insensitive at the tolerance
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(int(rec.get("torch_threads") or threads_before))
-        try:
+        with torch_threads(int(rec.get("torch_threads") or torch.get_num_threads())):
             cols, new_rec = configuration_rows(lm, unembed, cfg, max_queries=p["max_queries"],
                                                layers=side["models"][cfg.model]["layers"], query_seed=p["query_seed"],
                                                batch_size=p["batch_size"], max_batch_tokens=p["max_batch_tokens"],
                                                cache_root=cache_root, root=root)
-        finally:
-            torch.set_num_threads(threads_before)
         if new_rec["demo_set_key"] != rec["demo_set_key"] or new_rec["demo_rows"] != rec["demo_rows"]:
             raise AssertionError(f"{cfg.key()}: the demonstration set drawn now is not the stored one")
         mask = np.ones(table.num_rows, dtype=bool)

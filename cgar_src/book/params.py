@@ -183,7 +183,6 @@ RULES: dict[str, Rule] = {
     "gate_alpha": _real(0, strict=True, what=" (sparsemax gate penalisation)"),
     "gate_kappas": _list(lambda x: _is_real(x) and x >= 0,
                          "finite numbers >= 0 (gate couplings per unit penalisation, lambda/alpha)", unique=True),
-    "gate_lambdas": _LAMBDAS,
     "gated_alpha": _real(0, strict=True, what=" (gate penalisation)"),
     "gated_beta": _real(0, strict=True, what=" (inverse temperature)"),
     "gauss_ns": _list(lambda x: _is_int(x) and x >= 2, "integers >= 2 (numbers of Gaussian scores)", unique=True),

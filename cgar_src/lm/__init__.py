@@ -1,6 +1,7 @@
 r"""Language models as memory banks: loading (``model``: hub ids, local folders and the offline GGUF models,
 SmolLM2-135M-Instruct by default and Gemma 3 270M), the unembedding or logit lens (``unembed``), hidden
-states with patches and key/value twins (``states``) and the on-disk state cache (``cache``).
+states with patches (``states``), one prefix's keys and values shared by many queries (``prefix``) and the on-disk
+state cache (``cache``).
 
 The vocabulary is the memory bank: memory i is row i of the unembedding :math:`W_U`, and a hidden state h is decoded
 as :math:`p = \mathrm{softmax}(W_U\,\mathrm{Norm}(h))`. The names below are the engine's public interface;

@@ -24,7 +24,7 @@ from ..records import atomic_path, write_json_atomic
 from .model import LoadedModel, user_cache_dir
 from .states import Patch, batch_budget, hidden_states
 
-__all__ = ["CachedStates", "cached_states", "cached_twin_states", "cached_prefix_states", "state_cache_dir",
+__all__ = ["CachedStates", "cached_states", "cached_prefix_states", "state_cache_dir",
            "CHUNK_SIZE", "PREFIX_CHUNK_SIZE", "CHUNK_SUFFIX", "STATE_CACHE_ENV"]
 
 CHUNK_SIZE = 64  # prompts per cache file; each chunk is one call of hidden_states
@@ -59,7 +59,7 @@ def _sha(text: str) -> str:
 
 
 def _entry(lm: LoadedModel, prompts: list[str], meta: dict, cache_root, chunk_size: int, batch_size: int,
-           budget: int, patch: Patch | None = None, twin: bool = False) -> tuple[list[str], Path]:
+           budget: int, patch: Patch | None = None) -> tuple[list[str], Path]:
     """The distinct prompts and the directory of one cache entry (its meta.json written if new)."""
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
@@ -71,8 +71,6 @@ def _entry(lm: LoadedModel, prompts: list[str], meta: dict, cache_root, chunk_si
     # 2048 tokens) this JSON is exactly what it has been since the cache was created: tests/test_lm.py guards it
     ident = {**lm.identity, "batching": f"length-sorted, right-padded, <= {budget} tokens", "batch_size": batch_size,
              **meta}
-    if twin:  # computed from the key/value cache of a twin prompt's forward pass: another float path, another entry
-        ident["prefix"] = "keys and values of the common token prefix from the twin prompt's batched forward pass"
     if patch is not None:
         vec = torch.as_tensor(patch.vectors, dtype=torch.float32)
         if vec.ndim != 1:
@@ -141,51 +139,6 @@ def cached_states(lm: LoadedModel, prompts: list[str], meta: dict, *, cache_root
             _save_chunk(file, hashes, states)
         chunks.append(states)
     return CachedStates(states=_gather(chunks, unique, prompts), n_forward=n_forward, path=path)
-
-
-def cached_twin_states(lm: LoadedModel, prompts: list[str], meta: dict, twins: list[str], twin_meta: dict, *,
-                       cache_root: str | os.PathLike | None = None, chunk_size: int = CHUNK_SIZE,
-                       batch_size: int = 8, progress: bool = True,
-                       max_batch_tokens: int | None = None) -> tuple[CachedStates, CachedStates]:
-    """States of ``prompts`` and of their ``twins`` (one per prompt, e.g. the same demonstrations followed by a
-    content-free input) from the cache. The prompts' entry is the one :func:`cached_states` uses (same key, same
-    numbers); each missing twin is computed from its prompt's key/value cache over their common token prefix
-    (``hidden_states(..., twins=...)``), which saves the forward pass over the shared demonstrations, and is stored
-    under its own key (``twin_meta`` plus a note of that float path). Prompts and twins must each be distinct; a
-    chunk of twins missing while its prompts are cached reruns those prompts' forward pass (their stored states are
-    kept)."""
-    if not isinstance(twins, list) or not isinstance(prompts, list) or len(twins) != len(prompts):
-        raise ValueError("twins must be a list with one prompt per prompt")
-    if len(set(prompts)) != len(prompts) or len(set(twins)) != len(twins):
-        raise ValueError("prompts and twins must each be distinct (one twin per distinct prompt)")
-    budget = batch_budget(lm, max_batch_tokens)
-    _, path = _entry(lm, prompts, meta, cache_root, chunk_size, batch_size, budget)
-    _, twin_path = _entry(lm, twins, twin_meta, cache_root, chunk_size, batch_size, budget, twin=True)
-    shape = (lm.n_layers + 1, lm.model.config.hidden_size)
-    chunks, twin_chunks, n_forward, n_twin = [], [], 0, 0
-    for i, start in enumerate(range(0, len(prompts), chunk_size)):
-        part, twin_part = prompts[start:start + chunk_size], twins[start:start + chunk_size]
-        hashes, twin_hashes = [_sha(p) for p in part], [_sha(p) for p in twin_part]
-        file, twin_file = path / f"chunk_{i:05d}{CHUNK_SUFFIX}", twin_path / f"chunk_{i:05d}{CHUNK_SUFFIX}"
-        states = _load_chunk(file, hashes, (len(part), *shape))
-        twin_states = _load_chunk(twin_file, twin_hashes, (len(part), *shape))
-        if twin_states is None:
-            fresh, twin_states = hidden_states(lm, part, batch_size=batch_size, progress=progress,
-                                               max_batch_tokens=budget, twins=twin_part)
-            n_twin += len(part)
-            _save_chunk(twin_file, twin_hashes, twin_states)
-            if states is None:
-                states = fresh
-                n_forward += len(part)
-                _save_chunk(file, hashes, states)
-        elif states is None:
-            states = hidden_states(lm, part, batch_size=batch_size, progress=progress, max_batch_tokens=budget)
-            n_forward += len(part)
-            _save_chunk(file, hashes, states)
-        chunks.append(states)
-        twin_chunks.append(twin_states)
-    return (CachedStates(states=torch.cat(chunks), n_forward=n_forward, path=path),
-            CachedStates(states=torch.cat(twin_chunks), n_forward=n_twin, path=twin_path))
 
 
 def cached_prefix_states(lm: LoadedModel, prefix: str, queries: list[str], meta: dict, *,

@@ -25,8 +25,9 @@ same states (tested). Left padding is refused for models with sliding-window lay
 configs): their window counts key/value slots, so padding between the prefix and a query would push prefix keys
 out of the window.
 
-Book: the transformer chapters read these states (chapter 07 onwards); the cache mechanics are those of the
-content-free twins of ``states.hidden_states``.
+Book: the transformer chapters read these states (chapter 07 onwards), through
+:func:`cgar_src.lm.cache.cached_prefix_states` and ``cgar_src.tasks.icl`` (one demonstration set's keys and values
+shared by all queries and by its content-free prompt).
 """
 from __future__ import annotations
 

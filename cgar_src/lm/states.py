@@ -1,4 +1,4 @@
-r"""Residual-stream hidden states of prompts: batching, patches, and key/value twins.
+r"""Residual-stream hidden states of prompts: batching and patches.
 
 Entry l of the L+1 states of a prompt is the input to block l (l = 0 is the embedding) and entry L is the input to
 the final norm, captured by a hook, because Hugging Face's last ``hidden_states`` entry is already normalised in
@@ -159,8 +159,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 @torch.no_grad()
 def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, progress: bool = True,
-                  patch: Patch | None = None, max_batch_tokens: int | None = None,
-                  twins: list[str] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                  patch: Patch | None = None, max_batch_tokens: int | None = None) -> torch.Tensor:
     """Last-token residual states of every layer for each prompt: float32 tensor ``(P, L+1, d)``.
 
     One forward pass of the transformer body per prompt (the output head is not needed). Prompts are batched by
@@ -174,35 +173,15 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
     they run: no work is lost, and the caller (the state cache, whose key does not depend on the split) sees the
     same prompts' states. Entry L is the input of the final norm (captured by a hook), see the module docstring.
     With a :class:`Patch`, entry ``patch.layer`` is the patched state and later entries follow from it.
-
-    With ``twins`` (one prompt per prompt, usually sharing a long leading part with it, such as the same
-    demonstrations followed by a content-free input), returns the pair ``(states of prompts, states of twins)``.
-    Twin i is not run from scratch: it reuses the key/value cache of prompt i's forward pass over their common token
-    prefix (at most all but its last token) and runs only its remaining tokens, one twin at a time. Under causal
-    attention the keys and values of a prefix do not depend on what follows it, so this equals the twin's own
-    forward pass up to float summation order (tested to 1e-4, also on Gemma-2/3 configs whose sliding-window layers
-    are far shorter than the prompts: their cache records every position during the prompts' pass, so that the
-    shared part can be cut from it, see ``_run_twins``), and the prompts' states are those of the call without
-    twins. It saves the forward pass over the shared prefix: for the book's content-free prompts, most of their
-    tokens.
     """
     if not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
-    if twins is not None:
-        if not isinstance(twins, list) or len(twins) != len(prompts) or not all(isinstance(t, str) and t for t in twins):
-            raise ValueError(f"twins must be a list of {len(prompts)} non-empty strings, one per prompt")
-        if patch is not None:
-            raise ValueError("twins cannot be combined with a patch (the twin would reuse patched keys and values)")
     budget = batch_budget(lm, max_batch_tokens)
     model, tok = lm.model, lm.tokenizer
     vectors = _check_patch(lm, patch, len(prompts)) if patch is not None else None
     lengths: list[int] = []
     pending = token_batches(tok, prompts, batch_size, budget, lengths_out=lengths)
     check_lengths(lm, lengths, f"{len(prompts)} prompts")
-    if twins is not None:
-        twin_ids = tok(twins)["input_ids"]
-        check_lengths(lm, [len(t) for t in twin_ids], f"{len(twins)} twin prompts")
-        twin_out = torch.empty(len(twins), lm.n_layers + 1, model.config.hidden_size)
     norm = final_norm(model)
     captured: list[torch.Tensor] = []
     current: dict[str, torch.Tensor] = {}          # the batch's rows and last-token positions (and patch vectors)
@@ -243,8 +222,7 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
                 # the transformer body only: logits are recomputed from the states by Unembed when needed, so the
                 # output head (vocab x d over every position) is skipped
                 res = model.base_model(input_ids=input_ids.to(lm.device), output_hidden_states=True,
-                                       use_cache=twins is not None,
-                                       **({"past_key_values": _recording_cache(model)} if twins is not None else {}))
+                                       use_cache=False)
             except OOM_ERRORS as err:
                 res = None
                 if len(idx) == 1:
@@ -261,61 +239,11 @@ def hidden_states(lm: LoadedModel, prompts: list[str], *, batch_size: int = 8, p
             if vectors is not None:  # HF records a block's input before its pre-hooks run: show the patched entry
                 states[:, patch.layer] = current["patched"]
             out[idx] = states
-            if twins is not None:
-                # the batch's rows hold the prompts' token ids (right-padded): no second tokenization
-                prompt_ids = [input_ids[r, :int(last[r]) + 1].tolist() for r in range(len(idx))]
-                _run_twins(lm, res.past_key_values, idx, prompt_ids, [twin_ids[i] for i in idx], current, captured,
-                           twin_out)
             del res
             bar.update(len(idx))
     finally:
         bar.close()
         for h in hooks:
             h.remove()
-    return out if twins is None else (out, twin_out)
+    return out
 
-
-def _recording_cache(model: nn.Module):
-    """An empty key/value cache for the prompts' forward pass when they have twins: the model's own layer types
-    (``DynamicCache(config=...)``), with every sliding-window layer recording its past, so that it keeps the keys and
-    values of every position instead of only the last ``sliding_window - 1``. Then the cache of any leading part of
-    a prompt can be cut from it (:func:`_run_twins`). The prompts' states do not change: the attention of this pass
-    and its masks are those of a pass without recording (its first pass returns every key either way)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    for layer in cache.layers:
-        if getattr(layer, "is_sliding", False) and hasattr(layer, "activate_past_recording"):
-            layer.activate_past_recording()
-    return cache
-
-
-def _run_twins(lm: LoadedModel, cache, idx: list[int], prompt_ids: list[list[int]], twin_ids: list[list[int]],
-               current: dict, captured: list, twin_out: torch.Tensor) -> None:
-    """The twins of one batch (see :func:`hidden_states`): each from its prompt's keys and values over their common
-    token prefix, then its own remaining tokens.
-
-    ``cache`` is the batch's key/value cache (rows in batch order) from :func:`_recording_cache`, so that every
-    layer, sliding-window ones included, holds the keys and values of every position. Twin i gets a copy of its row
-    cropped to the first ``shared`` positions, fed through the layers of a fresh ``DynamicCache(config=...)`` (as
-    ``prefix.prefix_states`` copies its cache rather than slicing tensors by hand): each layer keeps its own
-    bookkeeping, so a sliding-window layer keeps the last ``sliding_window - 1`` of those positions and counts all
-    ``shared`` of them (the position its mask and window start from). Slicing a sliding layer's stored keys would
-    be wrong once a prompt is longer than the window: they are the prompt's last positions, not its first."""
-    from transformers import DynamicCache
-
-    model = lm.model
-    layers = [(layer.keys, layer.values) for layer in cache.layers]
-    for layer in cache.layers:
-        if getattr(layer, "is_sliding", False) and not getattr(layer, "record_past", False):
-            raise RuntimeError("twins need a key/value cache whose sliding-window layers record their past")
-    for row, (i, a, b) in enumerate(zip(idx, prompt_ids, twin_ids)):
-        shared = min(common_prefix(a, b), len(b) - 1)   # the twin runs at least its last token
-        past = (DynamicCache(ddp_cache_data=[(k[row:row + 1, :, :shared], v[row:row + 1, :, :shared])
-                                             for k, v in layers], config=model.config) if shared else None)
-        ids = torch.tensor([b[shared:]], device=lm.device)
-        current["rows"], current["last"] = torch.zeros(1, dtype=torch.long), torch.tensor([ids.shape[1] - 1])
-        captured.clear()
-        res = model.base_model(input_ids=ids, past_key_values=past, output_hidden_states=True, use_cache=shared > 0)
-        last = [h[0, -1].float().cpu() for h in res.hidden_states[:-1]] + [captured[-1][0]]
-        twin_out[i] = torch.stack(last)

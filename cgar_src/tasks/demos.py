@@ -1,7 +1,7 @@
 r"""One demonstration set shared by every query: the protocol of Zhao et al. (2021).
 
-Today each query of ``cgar_src.tasks.icl.task_states`` draws its own demonstrations, so every k-shot prompt forwards
-all of its demonstrations again. Here, for each (dataset, template, seed, shots, label mode), ONE balanced set of
+A design where each query draws its own demonstrations forwards all of them again with every k-shot prompt. Here
+(``cgar_src.tasks.icl.task_states``, the book's chapters, and the ``robust`` profile's bundles), for each (dataset, template, seed, shots, label mode), ONE balanced set of
 ``shots`` demonstrations per class is drawn from the dataset's demonstration split and shared by all queries, as in
 Zhao et al. (2021), "Calibrate before use" (ICML), section 5: a prompt is the set's prefix followed by the query, so
 the prefix's keys and values can be computed once (``cgar_src.lm.prefix.prefix_states``).

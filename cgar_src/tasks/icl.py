@@ -1,15 +1,11 @@
 """Zero-shot and in-context states of a classification task, in one call (book: the transformer chapters).
 
-Two designs:
-
-- ``task_states`` (the per-query design, used by the book's chapters 07-12, whose stored outputs depend on it):
-  every query draws its own k demonstrations per class (balanced, seeded, never the query itself), so each k-shot
-  prompt is forwarded whole, and its content-free "twin" reuses its keys and values. Kept because the chapters'
-  context vectors average over many demonstration sets, one per query.
-- ``shared_task_states`` (the protocol of Zhao et al. 2021, for studies at scale such as the ``robust`` profile's
-  bundles): ONE balanced demonstration set per (dataset, template, seed, shots, label mode)
-  (``cgar_src.tasks.demos``), shared by all queries; the set's keys and values are computed once
-  (``cgar_src.lm.prefix``) and the content-free prompt is one prompt per set. The set is part of the cache key.
+One design, the protocol of Zhao et al. (2021): ONE balanced demonstration set per (dataset, template, seed, shots,
+label mode) (``cgar_src.tasks.demos``), shared by all queries; the set's keys and values are computed once
+(``cgar_src.lm.prefix``) and the content-free prompt is one prompt per set. The set is part of the cache key.
+``task_states`` (the chapters) returns the zero-shot and k-shot states of the same queries; ``shared_task_states``
+(the ``robust`` profile's bundles) returns one set's states. The queries are drawn with ``query_seed``, so that
+every demonstration seed, template and shot count sees the same queries and results can be paired.
 
 Both validate everything before any forward pass and return cached last-token states of every layer.
 """
@@ -22,16 +18,13 @@ import torch
 
 from .._validate import boolean, int_in_range, positive_int
 from ..lm import LoadedModel, check_context_window
-from ..lm.cache import cached_prefix_states, cached_states, cached_twin_states
+from ..lm.cache import cached_prefix_states, cached_states
 from .data import (
     TASKS,
     first_token_ids,
-    icl_prompt,
-    label_token_ids,
     lama_prompts,
     load_examples,
     load_facts,
-    sample_demos,
 )
 from .demos import LABEL_MODES, PROTOCOL, DemoSet, check_no_leakage, draw_demo_set
 from .templates import DEFAULT_TEMPLATE, get_template, label_token_report
@@ -44,7 +37,9 @@ CONTENT_FREE_INPUT = "N/A"  #: the content-free input of contextual calibration 
 
 @dataclass
 class TaskStates:
-    """States ``(P, L+1, d)`` of the zero-shot and k-shot prompts of P queries, their labels and label tokens."""
+    """States ``(P, L+1, d)`` of the zero-shot and k-shot prompts of P queries, their labels and label tokens, under
+    ONE demonstration set ``demo_set`` shared by all P queries (``None`` with zero shots). ``h_cf``: the set's
+    content-free prompt, repeated over the P queries (``cf_prompts`` likewise), when asked for."""
 
     h_zero: torch.Tensor
     h_icl: torch.Tensor | None
@@ -56,73 +51,48 @@ class TaskStates:
     icl_prompts: list[str] | None
     h_cf: torch.Tensor | None = None
     cf_prompts: list[str] | None = None
+    demo_set: DemoSet | None = None
+    query_rows: list[int] | None = None
 
 
 def task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, seed: int = 0,
-                label_mode: str = "true", root=None, cache_root=None, batch_size: int = 8,
-                progress: bool = True, content_free: bool = False) -> TaskStates:
-    """States for ``n_queries`` queries of ``dataset``; ``shots`` demonstrations per class (0: zero-shot only).
-    ``label_mode="random"`` gives the demonstrations random labels (a control). ``content_free=True`` also returns
-    ``h_cf``: per query, the states of the *content-free* prompt made of that query's own demonstrations followed by
-    the template with the input :data:`CONTENT_FREE_INPUT` (one shared prompt when ``shots=0``), the prompt that
-    contextual calibration (Zhao et al. 2021) and the gate chapter read the context from. With shots, the content-free
-    prompts reuse the in-context prompts' keys and values over the shared demonstrations
-    (:func:`cgar_src.lm.cache.cached_twin_states`): their cost is a few tokens each, not a second pass over the
-    demonstrations."""
-    if dataset not in TASKS:
-        raise ValueError(f"dataset must be one of {sorted(TASKS)}, got {dataset!r}")
-    positive_int(n_queries, "n_queries")
-    int_in_range(shots, "shots", 0, note=" (demonstrations per class)")
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+                label_mode: str = "true", template: str = DEFAULT_TEMPLATE, query_seed: int = 0, root=None,
+                cache_root=None, batch_size: int = 8, max_batch_tokens: int | None = None, progress: bool = True,
+                content_free: bool = False) -> TaskStates:
+    """States of ``n_queries`` queries of ``dataset`` (the same queries for every ``seed``: drawn with
+    ``query_seed``, :func:`sample_query_rows`), zero-shot and with ONE balanced demonstration set of ``shots`` per
+    class drawn with ``seed`` and shared by all queries (the protocol of Zhao et al. 2021;
+    :func:`cgar_src.tasks.demos.draw_demo_set`, queries excluded and checked for leakage). ``label_mode="random"``
+    shows the set's texts with a random permutation of its true labels (a control: the same texts, label words and
+    class balance). ``content_free=True`` also returns ``h_cf``: the states of the set's content-free prompt (its
+    demonstrations, then the template with :data:`CONTENT_FREE_INPUT`), the one prompt per set that contextual
+    calibration (Zhao et al. 2021) and the gate chapter read the context from, repeated over the queries.
+
+    The set's keys and values are computed once (:func:`shared_task_states`), so a k-shot query costs about its own
+    tokens. Both prompt sets are validated (dataset, sizes, template, label tokens, leakage, context window) before
+    any forward pass; the content-free prompt is always computed with its set (one prompt more), so that calls with
+    and without ``content_free`` share cache entries."""
     boolean(content_free, "content_free")
-    task = TASKS[dataset]
-    label_ids = label_token_ids(lm.tokenizer, task.label_words)
-    queries_all = load_examples(dataset, task.query_split, root=root)
-    if n_queries > len(queries_all):
-        raise ValueError(f"n_queries={n_queries} exceeds the {len(queries_all)} {task.query_split} examples of {dataset}")
-    rng = random.Random(seed)
-    queries = rng.sample(queries_all, n_queries)
-    zero = [icl_prompt(task, q.text, []) for q in queries]
-    icl, cf = None, [icl_prompt(task, CONTENT_FREE_INPUT, [])] * n_queries if content_free else None
+    common = dict(n_queries=n_queries, seed=seed, template=template, query_seed=query_seed, root=root)
+    plans = [_plan(lm, dataset, shots=0, label_mode="true", **common)]
     if shots:
-        pool = load_examples(dataset, task.demo_split, root=root)
-        n_classes = len(task.label_words)
-        icl, cf = [], [] if content_free else None
-        for q in queries:  # every prompt's demonstrations are drawn (and validated) before any forward pass
-            demos = sample_demos(pool, shots, n_classes, rng, exclude=q.text)
-            if label_mode == "random":
-                demos = [type(d)(d.text, rng.randrange(n_classes)) for d in demos]
-            icl.append(icl_prompt(task, q.text, demos))
-            if content_free:
-                cf.append(icl_prompt(task, CONTENT_FREE_INPUT, demos))
-    params = {"dataset": dataset, "split": task.query_split, "demo_split": task.demo_split, "template": task.template,
-              "label_words": list(task.label_words), "n_queries": n_queries, "shots": shots, "seed": seed,
-              "label_mode": label_mode, **lm.identity}
-    check_context_window(lm, zero + (icl or []) + (cf if content_free and shots else []),
-                         f"{dataset}, {shots}-shot, {label_mode} labels")
-    # zero-shot prompts do not depend on the shots or on how demonstrations are labelled: one entry for all of them
-    zero_meta = {k: v for k, v in params.items() if k not in ("shots", "label_mode")} | {"kind": "zero"}
-    zero_states = cached_states(lm, zero, zero_meta,
-                                cache_root=cache_root, batch_size=batch_size, progress=progress)
-    icl_states = cf_states = None
-    cf_meta = (params if shots else zero_meta) | {"kind": "content-free", "content_free_input": CONTENT_FREE_INPUT}
-    if content_free and icl and len(set(icl)) == len(icl) and len(set(cf)) == len(cf):
-        # each content-free prompt shares its query's demonstrations: computed from the in-context prompt's keys and
-        # values over that prefix (cache.cached_twin_states), so the demonstrations run once
-        icl_states, cf_states = cached_twin_states(lm, icl, params | {"kind": "icl"}, cf, cf_meta,
-                                                   cache_root=cache_root, batch_size=batch_size, progress=progress)
-    else:
-        icl_states = (cached_states(lm, icl, params | {"kind": "icl"}, cache_root=cache_root, batch_size=batch_size,
-                                    progress=progress) if icl else None)
-        if content_free:
-            cf_states = cached_states(lm, cf, cf_meta, cache_root=cache_root, batch_size=batch_size,
-                                      progress=progress)
-    n_forward = sum(s.n_forward for s in (zero_states, icl_states, cf_states) if s is not None)
-    return TaskStates(h_zero=zero_states.states, h_icl=icl_states.states if icl_states else None,
-                      labels=torch.tensor([q.label for q in queries]), label_ids=label_ids, params=params,
-                      n_forward=n_forward, zero_prompts=zero, icl_prompts=icl,
-                      h_cf=cf_states.states if cf_states else None, cf_prompts=cf)
+        plans.append(_plan(lm, dataset, shots=shots, label_mode=label_mode, **common))
+    elif label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    run = dict(cache_root=cache_root, batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress)
+    zero, *icl = [_compute(lm, p, **run) for p in plans]
+    icl = icl[0] if icl else None
+    ctx = icl or zero
+    p = len(zero.prompts)
+    params = dict(ctx.params)
+    if not shots:
+        params["label_mode"] = label_mode
+    return TaskStates(h_zero=zero.h, h_icl=icl.h if icl else None, labels=zero.labels, label_ids=ctx.label_ids,
+                      params=params, n_forward=zero.n_forward + (icl.n_forward if icl else 0),
+                      zero_prompts=zero.prompts, icl_prompts=icl.prompts if icl else None,
+                      h_cf=ctx.h_cf.unsqueeze(0).repeat(p, 1, 1) if content_free else None,
+                      cf_prompts=[ctx.cf_prompt] * p if content_free else None,
+                      demo_set=icl.demo_set if icl else None, query_rows=zero.query_rows)
 
 
 def sample_query_rows(n_total: int, n_queries: int, seed: int) -> list[int]:
@@ -152,18 +122,24 @@ class SharedTaskStates:
     cf_prompt: str | None
 
 
-def shared_task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, seed: int = 0,
-                       template: str = DEFAULT_TEMPLATE, label_mode: str = "true", query_seed: int = 0, root=None,
-                       cache_root=None, batch_size: int = 8, max_batch_tokens: int | None = None,
-                       progress: bool = True, content_free: bool = True) -> SharedTaskStates:
-    """States of ``n_queries`` queries of ``dataset`` (sampled with ``query_seed``: :func:`sample_query_rows`, the
-    same queries for every seed, template and shot count, so that they can be paired) under ONE demonstration set
-    (:func:`cgar_src.tasks.demos.draw_demo_set` with ``seed``, ``shots`` per class, ``label_mode``, the queries
-    excluded and checked for leakage) formatted by the template ``template``. The set's prefix is forwarded once
-    (:func:`cgar_src.lm.cache.cached_prefix_states`; with ``shots=0`` the prefix is the template's header, or
-    nothing); with ``content_free`` the set's content-free prompt rides in the same call as one more query. The cache
-    key holds the set's identity (rows, shown labels, seed, template) and the model's. Label words are scored by
-    their first token (``templates.label_token_report``: refused when two share it; the report is in ``params``)."""
+@dataclass
+class _Plan:
+    """Everything ``shared_task_states`` forwards, validated: the prefix, the queries' parts, the cache key's meta."""
+
+    prefix: str
+    parts: list[str]
+    cf_part: str | None
+    meta: dict
+    params: dict
+    labels: torch.Tensor
+    rows: list[int]
+    label_ids: list[int]
+    demo_set: DemoSet
+
+
+def _plan(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, seed: int, template: str, label_mode: str,
+          query_seed: int, root, content_free: bool = True) -> _Plan:
+    """Validate and build the prompts of :func:`shared_task_states` (no forward pass)."""
     if dataset not in TASKS:
         raise ValueError(f"dataset must be one of {sorted(TASKS)}, got {dataset!r}")
     positive_int(n_queries, "n_queries")
@@ -187,24 +163,51 @@ def shared_task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: 
     prefix = demo_set.prefix()
     parts = [demo_set.query_part(q.text) for q in queries]
     cf_part = demo_set.query_part(CONTENT_FREE_INPUT) if content_free else None
-    prompts = [prefix + p for p in parts]
     params = {"dataset": dataset, "split": task.query_split, "demo_split": task.demo_split, "template": template,
               "label_words": list(tpl.label_words), "label_tokens": report.summary(), "n_queries": n_queries,
               "query_seed": query_seed, "shots": shots, "seed": seed, "label_mode": label_mode, "design": PROTOCOL,
               "demo_set_key": demo_set.key(), "demo_set": demo_set.identity(), **lm.identity}
-    check_context_window(lm, prompts + ([prefix + cf_part] if content_free else []),
+    check_context_window(lm, [prefix + p for p in parts] + ([prefix + cf_part] if content_free else []),
                          f"{dataset}, {shots}-shot, {label_mode} labels, template {template}")
     meta = params | {"kind": "shared-prefix", "content_free_input": CONTENT_FREE_INPUT if content_free else None}
     if not shots:   # no demonstrations: the prompts do not depend on the seed or the label mode, one entry for all
         meta = {k: v for k, v in meta.items() if k not in ("seed", "label_mode", "demo_set_key", "demo_set")} | {
             "demo_set": {k: v for k, v in params["demo_set"].items() if k not in ("seed", "label_mode")}}
-    cs = cached_prefix_states(lm, prefix, parts + ([cf_part] if content_free else []), meta, cache_root=cache_root,
+    return _Plan(prefix=prefix, parts=parts, cf_part=cf_part, meta=meta, params=params,
+                 labels=torch.tensor([q.label for q in queries]), rows=rows, label_ids=list(report.first_ids),
+                 demo_set=demo_set)
+
+
+def _compute(lm: LoadedModel, plan: _Plan, *, cache_root, batch_size: int, max_batch_tokens: int | None,
+             progress: bool) -> SharedTaskStates:
+    """The states of a validated plan, from the cache or computed (``cache.cached_prefix_states``)."""
+    n = len(plan.parts)
+    extra = [plan.cf_part] if plan.cf_part is not None else []
+    cs = cached_prefix_states(lm, plan.prefix, plan.parts + extra, plan.meta, cache_root=cache_root,
                               batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress)
-    return SharedTaskStates(h=cs.states[:n_queries], h_cf=cs.states[n_queries] if content_free else None,
-                            labels=torch.tensor([q.label for q in queries]), query_rows=rows,
-                            label_ids=list(report.first_ids), demo_set=demo_set, params=params,
-                            n_forward=cs.n_forward, tokens=cs.tokens, prompts=prompts,
-                            cf_prompt=prefix + cf_part if content_free else None)
+    return SharedTaskStates(h=cs.states[:n], h_cf=cs.states[n] if extra else None, labels=plan.labels,
+                            query_rows=plan.rows, label_ids=plan.label_ids, demo_set=plan.demo_set,
+                            params=plan.params, n_forward=cs.n_forward, tokens=cs.tokens,
+                            prompts=[plan.prefix + p for p in plan.parts],
+                            cf_prompt=plan.prefix + plan.cf_part if extra else None)
+
+
+def shared_task_states(lm: LoadedModel, dataset: str, *, n_queries: int, shots: int, seed: int = 0,
+                       template: str = DEFAULT_TEMPLATE, label_mode: str = "true", query_seed: int = 0, root=None,
+                       cache_root=None, batch_size: int = 8, max_batch_tokens: int | None = None,
+                       progress: bool = True, content_free: bool = True) -> SharedTaskStates:
+    """States of ``n_queries`` queries of ``dataset`` (sampled with ``query_seed``: :func:`sample_query_rows`, the
+    same queries for every seed, template and shot count, so that they can be paired) under ONE demonstration set
+    (:func:`cgar_src.tasks.demos.draw_demo_set` with ``seed``, ``shots`` per class, ``label_mode``, the queries
+    excluded and checked for leakage) formatted by the template ``template``. The set's prefix is forwarded once
+    (:func:`cgar_src.lm.cache.cached_prefix_states`; with ``shots=0`` the prefix is the template's header, or
+    nothing); with ``content_free`` the set's content-free prompt rides in the same call as one more query. The cache
+    key holds the set's identity (rows, shown labels, seed, template) and the model's. Label words are scored by
+    their first token (``templates.label_token_report``: refused when two share it; the report is in ``params``)."""
+    plan = _plan(lm, dataset, n_queries=n_queries, shots=shots, seed=seed, template=template, label_mode=label_mode,
+                 query_seed=query_seed, root=root, content_free=content_free)
+    return _compute(lm, plan, cache_root=cache_root, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                    progress=progress)
 
 
 @dataclass
@@ -230,6 +233,11 @@ class FactStates:
 def fact_states(lm: LoadedModel, relations: list[str], *, n_facts: int, shots: int, seed: int = 0, root=None,
                 cache_root=None, batch_size: int = 8, progress: bool = True) -> FactStates:
     r"""States for ``n_facts`` seeded facts of each relation (book chapter ``09_factual_steering``).
+
+    Unlike :func:`task_states`, each fact draws its own demonstrations (the per-query design), kept here because the
+    demonstrations must be answer-free for every fact: one set of true facts shared by all queries would contain
+    the answers of the facts whose objects it names, and excluding those facts would bias the sample toward rare
+    objects.
 
     Demonstrations never contain the query's answer (:func:`cgar_src.tasks.data.lama_prompts` with the object's first
     token as the answer key, or the object itself where that token is only whitespace). ``majority_ids[i]`` is

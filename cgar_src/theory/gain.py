@@ -34,7 +34,8 @@ from .._validate import as_tensor, indices, int_in_range, nonnegative, positive,
 from .dynamics import effective_separation, error_log_odds, fixed_point
 from .gate import gate
 
-__all__ = ["log_grid", "GainConfig", "banks_for", "draw_scores", "gate_log_factor", "Reduced", "reduce_columns",
+__all__ = ["log_grid", "GainConfig", "banks_for", "draw_scores", "gate_log_factor", "Screened", "screen_columns",
+           "Reduced", "reduce_columns",
            "sparse_bound_log_odds", "SeparationSample", "separation_sample", "RetrievalSample", "retrieval_sample",
            "predicted_error", "predicted_error_se", "predicted_accuracy_bound", "capacity", "book_capacity",
            "predictions", "measured_capacity"]
@@ -187,6 +188,43 @@ def _generator(seed: int, d: int) -> torch.Generator:
     return torch.Generator().manual_seed(int_in_range(seed, "seed", 0) * 100_003 + d)
 
 
+class Screened(NamedTuple):
+    r"""The exact column reduction shared by :func:`reduce_columns` and the language-model fits
+    (``cgar_src.analysis.gate_fit``), from :func:`screen_columns`: ``idx`` ``(T, K)``, the screened columns (largest
+    :math:`s_c` first); ``rest`` ``(T, N)``, :math:`\beta s_q` with the screened (and excluded) columns at
+    :math:`-\infty`; the aggregate column standing for the rest, with query score ``rest_q`` ``(T,)``
+    :math:`=\beta^{-1}\log\sum_{rest} e^{\beta s_{q,j}}` and context score ``rest_c`` ``(T,)``
+    :math:`=\max s_c - 2\,\mathrm{margin} - 1`, too low to ever enter the gate's support."""
+
+    idx: torch.Tensor
+    rest: torch.Tensor
+    rest_q: torch.Tensor
+    rest_c: torch.Tensor
+
+
+def screen_columns(s_q: torch.Tensor, s_c: torch.Tensor, beta: float, margin: float,
+                   exclude: torch.Tensor | None = None) -> Screened:
+    r"""Screened columns plus one column for the rest (chapter ``03_separation``'s screening lemma): per row the K
+    largest :math:`s_c`, K the most columns of any row with :math:`s_c > \max s_c -` ``margin`` (with a small allowance
+    for round-off), which holds every column that can ever carry gate mass for :math:`\alpha + \lambda \le` ``margin``
+    (:func:`cgar_src.theory.dynamics.support_screen`), and the aggregate of every other column: softmax weights, the
+    gate and the fixed point on these K + 1 columns equal those of the full problem (the aggregate's weight is the
+    dropped columns' total). ``exclude`` ``(T,)``: one more column per row left out of the aggregate (a retrieval
+    target kept apart by :func:`reduce_columns`). When nothing is left (K = N), the aggregate is a column of no
+    weight (query score :math:`1000/\beta` below the smallest), so the shape stays K + 1. Inputs are trusted (the
+    callers validate them)."""
+    top = s_c.amax(-1, keepdim=True)
+    k = int((s_c > top - margin * (1 + 1e-6) - 1e-9 * top.abs()).sum(-1).max())
+    idx = s_c.topk(k, dim=-1).indices
+    rest = (beta * s_q).scatter(-1, idx, float("-inf"))
+    if exclude is not None:
+        rest = rest.scatter(-1, exclude[:, None], float("-inf"))
+    lse_rest = torch.logsumexp(rest, -1)
+    if k == s_c.shape[-1]:      # nothing left: a column of no weight (e^-1000 relative to every other) keeps the shape
+        lse_rest = (beta * s_q).amin(-1) - 1000.0
+    return Screened(idx, rest, lse_rest / beta, top[:, 0] - 2 * margin - 1.0)
+
+
 class Reduced(NamedTuple):
     r"""A batch of trials reduced to the columns that matter (:func:`reduce_columns`): ``s_q``, ``s_c`` of shape
     ``(T, K)``, the target's column ``target``, the full memory count ``n``, and per trial the ungated log error
@@ -207,7 +245,8 @@ def reduce_columns(s_q: torch.Tensor, s_c: torch.Tensor, target: torch.Tensor, a
     ``03_separation``'s screening lemma): the memories with :math:`s_{c,i} > \max s_c - \alpha - \lambda_{max}`
     (the only ones that can carry gate mass, :func:`cgar_src.theory.dynamics.support_screen`), the target, and one
     aggregate column for all other memories with query score :math:`\beta^{-1}\log\sum_{rest} e^{\beta s_{q,j}}` and a
-    context score too low to enter the gate. Softmax weights, the gate, the fixed point and the error odds on these
+    context score too low to enter the gate (:func:`screen_columns` with margin :math:`\alpha + \lambda_{max}`, the
+    target kept out of the aggregate). Softmax weights, the gate, the fixed point and the error odds on these
     columns equal those of the full problem (the aggregate's weight is the dropped memories' total). A trial whose
     target is among the screened columns gets a dummy column instead (query score :math:`-10^4/\beta` below the
     target: weight zero in float64)."""
@@ -217,19 +256,16 @@ def reduce_columns(s_q: torch.Tensor, s_c: torch.Tensor, target: torch.Tensor, a
     others = (beta * (s_q - own)).scatter(-1, t, float("-inf"))
     log_odds0 = torch.logsumexp(others, -1)
     delta_raw = -others.amax(-1) / beta
-    top = s_c.amax(-1, keepdim=True)
-    k = int((s_c > top - (alpha + lam_max) * (1 + 1e-6) - 1e-9 * top.abs()).sum(-1).max())
+    sc = screen_columns(s_q, s_c, beta, alpha + lam_max, exclude=target)
+    idx, k = sc.idx, sc.idx.shape[-1]
     if k + 2 >= n:  # nothing to gain: keep every column
         return Reduced(s_q, s_c, target, n, log_odds0, delta_raw, torch.full((T,), float("-inf"), dtype=s_q.dtype))
-    idx = s_c.topk(k, dim=-1).indices
     in_c = (idx == t).any(-1)
-    dropped = beta * s_q.scatter(-1, idx, float("-inf")).scatter(-1, t, float("-inf"))
-    rest_max = dropped.amax(-1) / beta
-    low = top[:, 0] - 2 * (alpha + lam_max) - 1.0
+    rest_max = sc.rest.amax(-1) / beta
     tq = torch.where(in_c, own[:, 0] - 1e4 / beta, own[:, 0])
-    tc = torch.where(in_c, low, s_c.gather(-1, t)[:, 0])
-    rq = torch.cat([s_q.gather(-1, idx), tq[:, None], (torch.logsumexp(dropped, -1) / beta)[:, None]], -1)
-    rc = torch.cat([s_c.gather(-1, idx), tc[:, None], low[:, None]], -1)
+    tc = torch.where(in_c, sc.rest_c, s_c.gather(-1, t)[:, 0])
+    rq = torch.cat([s_q.gather(-1, idx), tq[:, None], sc.rest_q[:, None]], -1)
+    rc = torch.cat([s_c.gather(-1, idx), tc[:, None], sc.rest_c[:, None]], -1)
     pos = torch.where(in_c, (idx == t).long().argmax(-1), torch.full_like(target, k))
     return Reduced(rq, rc, pos, n, log_odds0, delta_raw, rest_max)
 

@@ -1,0 +1,38 @@
+"""benchmarks/bench_prefix.py: the FLOP accounting behind its engine fraction, and a smoke run on the default model
+(tiny sizes; the measured ratios themselves are the script's output, never asserted as timings)."""
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_prefix", ROOT / "benchmarks" / "bench_prefix.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_attention_flops_count_every_key_once(bench):
+    cfg = SimpleNamespace(num_attention_heads=2, hidden_size=8, num_hidden_layers=3)   # head size 4
+    per_key = 4 * 2 * 4 * 3
+    assert bench.attention_flops(cfg, 0, [1]) == per_key                 # one token attends to itself
+    assert bench.attention_flops(cfg, 0, [3]) == per_key * (1 + 2 + 3)
+    # a prefix of 2 then queries of 1 and 2 tokens: prefix 1 + 2, query one 3, query two 3 + 4
+    assert bench.attention_flops(cfg, 2, [1, 2]) == per_key * (1 + 2 + 3 + 3 + 4)
+    # the same as the full prompts minus the prefix counted again
+    full = bench.attention_flops(cfg, 0, [3, 4])
+    assert full - bench.attention_flops(cfg, 2, [1, 2]) == per_key * (1 + 2)
+
+
+def test_smoke_run_prints_the_summary_line(bench, capsys):
+    out = bench.main(["--n-queries", "3", "--full-queries", "2", "--datasets", "trec", "--shots", "0", "1",
+                      "--no-bf16", "--peak-size", "128", "--peak-reps", "1"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("worst tokens-per-query ratio: ") and "; engine fraction of fp32 peak: " in last
+    assert out["worst_ratio"] >= 1.0 and out["shape_ceiling_flops"] > 0
+    assert all(r["max_rel_diff"] < 1e-3 for r in out["rows"])           # the two paths give the same states
