@@ -192,3 +192,32 @@ def test_evaluate_with_one_context_shared_by_the_queries():
         # Delta_gate takes one value per label: it depends on the query only through its gold token
         for y in labels[held].unique():
             assert ev.theory["delta_gate"][held][labels[held] == y].unique().numel() == 1
+
+
+def test_evaluate_many_in_worker_processes_gives_the_serial_numbers():
+    """Two jobs in two spawned worker processes give exactly what the serial loop gives, in order."""
+    import dataclasses
+
+    jobs = []
+    for seed in (0, 1):
+        s_q, target, s_c, labels = synthetic(P=20, V=30, seed=seed)
+        jobs.append(dict(s_q=s_q, target_logp=target, s_c=s_c, labels=labels, label_ids=LABEL_IDS,
+                         folds=folds_of(20, 2, 0), grids=GRIDS, fixed_point_grid=FP_GRID))
+    serial = crossfit.evaluate_many(jobs, processes=1)
+    parallel = crossfit.evaluate_many(jobs, processes=2)
+    def same(x, y) -> bool:
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and torch.equal(x, y)
+        if dataclasses.is_dataclass(x):
+            return all(same(getattr(x, f.name), getattr(y, f.name)) for f in dataclasses.fields(x))
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(same(u, v) for u, v in zip(x, y))
+        return x == y or (x != x and y != y)          # NaN equals NaN here
+
+    assert len(serial) == len(parallel) == 2 and all(same(a, b) for a, b in zip(serial, parallel))
+    with pytest.raises(ValueError, match="processes"):
+        crossfit.evaluate_many(jobs, processes=0)
+    with pytest.raises(ValueError, match="jobs"):
+        crossfit.evaluate_many([1])

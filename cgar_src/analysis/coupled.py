@@ -327,7 +327,7 @@ class PooledSetting:
 
     def glue_values(self, dataset: str, tag: str) -> dict:
         """The numbers the text cites, by glue name ``{dataset}_{tag}_...`` without the ``coupled_`` prefix: the
-        pooled paired tests as text, accuracies as their spread over the sets (:meth:`Spread.fmt`, 3 decimals; one
+        pooled paired tests as text, accuracies as their spread over the sets (:meth:`cgar_src.analysis.seeds.Spread.fmt`, 3 decimals; one
         set: the value). The random vector's best accuracy over the grid (``rand_max``, the grid averaged over the
         sets) and its accuracy at this setting (``ctrl``) only when ``tag`` is not ``"kmax"``."""
         g, k = self.grids, self.k

@@ -27,6 +27,7 @@ fixed points of :math:`\Phi` from several starts (:func:`cgar_src.analysis.gate_
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -38,7 +39,7 @@ from ..lm import Unembed
 from . import gate_fit as gf
 from .baselines import majority_correct
 
-__all__ = ["LensScores", "lens_scores", "layer_tags", "Evaluation", "evaluate", "check_grids", "fixed_point_starts",
+__all__ = ["LensScores", "lens_scores", "layer_tags", "Evaluation", "evaluate", "evaluate_many", "check_grids", "fixed_point_starts",
            "FITTED"]
 
 PER_QUERY = ("kl", "agree", "correct")
@@ -159,6 +160,30 @@ def evaluate(s_q, target_logp, s_c, labels, label_ids: Sequence[int], folds, gri
     with gf.single_thread():
         return _evaluate(s_q, target_logp, s_c, labels, label_ids, folds, grids, fixed_point_grid, tol=tol,
                          max_iter=max_iter)
+
+
+def _evaluate_job(job: dict) -> Evaluation:
+    return evaluate(**job)
+
+
+def evaluate_many(jobs: Sequence[dict], *, processes: int | None = None) -> list[Evaluation]:
+    """:func:`evaluate` of every job (a dict of its arguments), in order. With ``processes`` > 1 (default: one per CPU
+    core, at most one per job) the jobs run in that many worker processes (started with ``spawn``), each with one
+    intra-op thread as :func:`evaluate` always runs: every job runs the same code on the same inputs as in a serial
+    loop, so the numbers are the same, and the fits of chapter 12, single-threaded by design, use every core."""
+    jobs = list(jobs)
+    if not all(isinstance(j, dict) for j in jobs):
+        raise ValueError("jobs must be a list of dicts of evaluate()'s arguments")
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):
+        raise ValueError(f"processes must be an integer >= 1 or None, got {processes!r}")
+    n = min(len(jobs), processes or os.cpu_count() or 1)
+    if n <= 1:
+        return [evaluate(**j) for j in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_evaluate_job, jobs))
 
 
 def _evaluate(s_q, target_logp, s_c, labels, label_ids, folds, grids, fixed_point_grid, *, tol,

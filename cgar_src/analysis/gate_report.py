@@ -46,7 +46,7 @@ WHO = ("gate", "dense", "tie")
 
 
 def sets_of(value: Evaluation | Sequence[Evaluation], where: str = "results") -> list[Evaluation]:
-    """The evaluations of one setting, one per demonstration set: a single :class:`Evaluation` is one set."""
+    """The evaluations of one setting, one per demonstration set: a single :class:`cgar_src.analysis.crossfit.Evaluation` is one set."""
     evals = [value] if isinstance(value, Evaluation) else list(value) if isinstance(value, (list, tuple)) else None
     if not evals or not all(isinstance(e, Evaluation) for e in evals):
         raise ValueError(f"{where} must map each setting to an Evaluation or a non-empty list of Evaluations (one per "
@@ -262,7 +262,7 @@ _KEYS = {"kl": "kl", "agree": "agree", "accuracy": "correct"}
 def model_table(results: Mapping[tuple[str, int], Evaluation | Sequence[Evaluation]], layer_tag: Mapping[int, str], *,
                 seed: int = 0) -> ModelTable:
     """Intervals and paired verdicts of every setting ``(dataset, context layer)`` of ``results`` (one
-    :class:`Evaluation` or a list, one per demonstration set, all on the same queries): on the per-query outcomes
+    :class:`cgar_src.analysis.crossfit.Evaluation` or a list, one per demonstration set, all on the same queries): on the per-query outcomes
     pooled over the sets (:func:`pool_sets`) KL with a percentile-bootstrap interval, agreement and accuracy with
     Wilson intervals (one set; shares over several sets: bootstrap), the prior's accuracy its fitting rows' majority
     label; per set the same means, as mean and range over the sets; gate against dense by exact paired tests with
