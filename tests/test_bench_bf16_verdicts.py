@@ -1,19 +1,14 @@
 """benchmarks/bench_bf16_verdicts.py on two synthetic results folders: a moved decision is found and counted."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _bench import ROOT, load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_bf16_verdicts", ROOT / "benchmarks" / "bench_bf16_verdicts.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_bf16_verdicts")
 
 
 def _write(folder: Path, p_second: float) -> None:

@@ -1,20 +1,14 @@
 """benchmarks/bench_prefix.py: the FLOP accounting behind its engine fraction, and a smoke run on the default model
 (tiny sizes; the measured ratios themselves are the script's output, never asserted as timings)."""
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _bench import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_prefix", ROOT / "benchmarks" / "bench_prefix.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_prefix")
 
 
 def test_attention_flops_count_every_key_once(bench):

@@ -165,6 +165,16 @@ class SignTest(_Decided):
                 f"sign test p = {self.p_value:.3g}")
 
 
+def _diffs(diffs) -> torch.Tensor:
+    """Per-query paired differences as a flat float64 tensor: non-empty and finite (ValueError naming ``diffs``)."""
+    d = torch.as_tensor(diffs, dtype=torch.float64).flatten()
+    if d.numel() == 0:
+        raise ValueError("diffs must not be empty")
+    if not torch.isfinite(d).all():
+        raise ValueError("diffs must be finite per-query differences")
+    return d
+
+
 @dataclass(frozen=True)
 class PermutationTest(_Decided):
     r"""A paired difference :math:`d_i` (A minus B per query) whose MEAN is tested: the paired permutation
@@ -203,11 +213,7 @@ def permutation_test(diffs, *, n_perm: int = 20000, n_boot: int = 2000, level: f
     :math:`(1 + \#\{b : |\overline{\epsilon^{(b)} d}| \ge |\bar d|\}) / (1 + n_{perm})` (a valid test at every
     ``n_perm``; its resolution is :math:`1/(1 + n_{perm})`), with the mean and its percentile-bootstrap interval for
     display."""
-    d = torch.as_tensor(diffs, dtype=torch.float64).flatten()
-    if d.numel() == 0:
-        raise ValueError("diffs must not be empty")
-    if not torch.isfinite(d).all():
-        raise ValueError("diffs must be finite per-query differences")
+    d = _diffs(diffs)
     positive_int(n_perm, "n_perm")
     mean, lo, hi = bootstrap_ci(d, n_boot=n_boot, level=level, seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -243,11 +249,7 @@ def sign_test(diffs, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) 
     :math:`p = P(|X - m/2| \ge |n_+ - m/2|)`, :math:`X \sim \mathrm{Binomial}(m, 1/2)`, :math:`m = n_+ + n_-` (exact
     zeros are ties and dropped); with the mean and its percentile-bootstrap interval (:func:`bootstrap_ci`) for
     display."""
-    d = torch.as_tensor(diffs, dtype=torch.float64).flatten()
-    if d.numel() == 0:
-        raise ValueError("diffs must not be empty")
-    if not torch.isfinite(d).all():
-        raise ValueError("diffs must be finite per-query differences")
+    d = _diffs(diffs)
     mean, lo, hi = bootstrap_ci(d, n_boot=n_boot, level=level, seed=seed)
     n_pos, n_neg = int((d > 0).sum()), int((d < 0).sum())
     return SignTest(n=d.numel(), diff=mean, lo=lo, hi=hi, p_value=_sign_p(n_pos, n_neg), n_pos=n_pos, n_neg=n_neg)
