@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = ["seed_mean", "Spread", "spread"]
 
-T = TypeVar("T")
-
-
-def seed_mean(items: Sequence[T]) -> T:
+def seed_mean(items: Sequence[Any]) -> Any:
     r"""The per-query mean over demonstration sets of a dataclass of per-query tensors (e.g.
     :class:`cgar_src.analysis.collapse.LensCurves`): every tensor field averaged over ``items`` in float64 (0/1
     outcomes become the share of sets that got the query right), ``None`` fields kept, anything else taken from the
