@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from cgar_src.analysis import lens as lens_mod  # noqa: E402
 from cgar_src.book.run import extract_stage, load_profile, profile_model, run_chapter  # noqa: E402
 from cgar_src.lm import cache as cache_mod  # noqa: E402
+from cgar_src.lm import prefix as prefix_mod  # noqa: E402
 from cgar_src.lm import token_batches  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -96,8 +97,10 @@ def body_matmul_weights(model: torch.nn.Module) -> int:
 
 
 class Meter:
-    """Wraps ``cgar_src.lm.cache.hidden_states`` (what the state cache calls for every missing chunk) and
-    ``cgar_src.analysis.lens.decode_stats``: accumulated time, prompts, real and padded tokens and model FLOPs."""
+    """Wraps ``cgar_src.lm.cache.hidden_states`` and ``cgar_src.lm.prefix.prefix_states`` (what the state cache calls
+    for every missing chunk: whole prompts, or one demonstration prefix and its queries) and
+    ``cgar_src.analysis.lens.decode_stats``: accumulated time, prompts, real and padded tokens and model FLOPs (a
+    prefix counts once; a query's attention runs over the prefix and its own earlier tokens)."""
 
     def __init__(self, lm):
         self.lm, self.cuda = lm, lm.device.type == "cuda"
@@ -106,7 +109,9 @@ class Meter:
         self.attn = 2 * cfg.hidden_size * cfg.num_hidden_layers     # x T(T+1) per prompt: QK^T and AV, causal
         self.reset()
         self._forward, self._decode = cache_mod.hidden_states, lens_mod.decode_stats
+        self._prefix = prefix_mod.prefix_states
         cache_mod.hidden_states, lens_mod.decode_stats = self.forward, self.decode
+        prefix_mod.prefix_states = self.prefix
 
     def reset(self) -> None:
         self.t_forward = self.t_decode = 0.0
@@ -132,6 +137,21 @@ class Meter:
         self.flops += sum(2.0 * self.w * n + self.attn * n * (n + 1) for n in lengths)
         return out
 
+    def prefix(self, lm, prefix, queries, **kw):
+        self._sync()
+        t0 = time.perf_counter()
+        out = self._prefix(lm, prefix, queries, **kw)
+        self._sync()
+        self.t_forward += time.perf_counter() - t0
+        p = out.n_prefix
+        self.prompts += len(queries)
+        self.tokens += out.tokens_forwarded
+        self.padded += out.padded_tokens + p
+        # causal attention: the prefix once, P(P+1); query i of q tokens after it, q(2P + q + 1)
+        keys = p * (p + 1) + sum(len(q) * (2 * p + len(q) + 1) for q in out.query_ids)
+        self.flops += 2.0 * self.w * out.tokens_forwarded + self.attn * keys
+        return out
+
     def decode(self, *args, **kw):
         self._sync()
         t0 = time.perf_counter()
@@ -142,6 +162,7 @@ class Meter:
 
     def close(self) -> None:
         cache_mod.hidden_states, lens_mod.decode_stats = self._forward, self._decode
+        prefix_mod.prefix_states = self._prefix
 
 
 class DeviceMemory:

@@ -68,7 +68,8 @@ def test_bench_gpu_runs_on_a_tiny_random_model(tmp_path, capsys, monkeypatch):
                          "--peak-tflops", "1.0", "--workdir", str(tmp_path), "--json", str(tmp_path / "b.json")])
     assert [(s["dataset"], s["shots"]) for s in report["stages"]] == [("sst2", 0), ("sst2", 1)]
     zero, one = report["stages"]
-    assert zero["prompts"] == 6 and one["prompts"] == 6        # k=1 reuses the zero-shot states from the cache
+    # each stage: 6 queries and its demonstration set's content-free prompt; k=1 reuses the zero-shot states
+    assert zero["prompts"] == 7 and one["prompts"] == 7
     assert one["tokens"] > zero["tokens"] > 0 and one["padded_tokens"] >= one["tokens"]
     from transformers import AutoModelForCausalLM
 
