@@ -52,8 +52,10 @@ __all__ = ["Claim", "CLAIMS", "QUANTITIES", "CELL", "last_layers", "cell_tests",
 ROBUST_COMMAND = "python -m cgar_src.book.run --profile robust"
 #: the columns that name a cell
 CELL = ("model", "dataset", "template", "seed")
-_CONFIG = ("model", "dataset", "template", "seed", "shots", "label_mode")
-_BASE = _CONFIG + ("query", "gold", "pred_full", "pred_label", "pred_calibrated", "pred_majority")
+#: a bundle row's configuration columns and the per-query columns read here (``cgar_src.book.bundle`` writes them)
+CONFIG_COLUMNS = ("model", "dataset", "template", "seed", "shots", "label_mode")
+ROW_COLUMNS = CONFIG_COLUMNS + ("query", "gold", "pred_full", "pred_label", "pred_calibrated", "pred_majority")
+_CONFIG, _BASE = CONFIG_COLUMNS, ROW_COLUMNS
 #: per-query quantities a claim can compare: right/wrong outcomes (McNemar) and continuous ones (sign test)
 QUANTITIES = {"acc_label": "McNemar", "acc_full": "McNemar", "acc_calibrated": "McNemar", "acc_majority": "McNemar",
               "neff": "sign", "mass": "sign"}

@@ -45,6 +45,7 @@ import torch
 from .._validate import positive_int
 from ..analysis.baselines import calibrated_predictions, majority_class
 from ..analysis.lens import decode_stats
+from ..analysis.robustness import CONFIG_COLUMNS, ROW_COLUMNS
 from ..lm import LoadedModel, Unembed
 from ..records import atomic_path, write_json_atomic
 from ..tasks.data import TASKS, load_examples
@@ -59,7 +60,6 @@ __all__ = ["Config", "configurations", "bundle_layers", "configuration_rows", "w
 
 #: depth fractions of the stored layers, fixed before any result was seen; the last layer (1.0) is always stored
 LAYER_FRACTIONS = (0.5, 0.67, 0.83, 1.0)
-CONFIG_COLUMNS = ("model", "dataset", "template", "seed", "shots", "label_mode")
 BUNDLE_FORMAT = "cgar-bundle-1"
 #: parameters that determine the rows: a bundle resumes only under the same values
 ROW_PARAMETERS = ("max_queries", "query_seed", "dtype", "layer_fractions", "batch_size", "max_batch_tokens")
@@ -205,7 +205,6 @@ def read_bundle(path: str | Path):
     return pq.read_table(path), side
 
 
-_FRAME_BASE = CONFIG_COLUMNS + ("query", "gold", "pred_full", "pred_label", "pred_calibrated", "pred_majority")
 
 
 def bundle_frame(path: str | Path):
@@ -221,7 +220,7 @@ def bundle_frame(path: str | Path):
         raise FileNotFoundError(f"no bundle at {file}: write it with `python -m cgar_src.book.run --profile robust`")
     names = pq.read_schema(file).names
     table, side = read_bundle(file)
-    keep = [n for n in names if n in _FRAME_BASE or re.fullmatch(r"(mass|neff)_\d+", n)]
+    keep = [n for n in names if n in ROW_COLUMNS or re.fullmatch(r"(mass|neff)_\d+", n)]
     df = table.select(keep).to_pandas()
     for c in ("model", "dataset", "template", "label_mode"):
         df[c] = df[c].astype(str)
