@@ -280,3 +280,35 @@ def test_reduce_is_the_theorys_column_reduction(seed, margin):
     # the largest dropped query score, and where it is
     best = (beta * s_q).scatter(-1, idx, float("-inf")).max(-1)
     assert torch.equal(rest_max, best.values) and torch.equal(rest_arg, best.indices)
+
+
+def test_ties_within_the_selection_tolerance_go_to_the_first_grid_point():
+    surface = torch.tensor([[2.0, 1.0 + 0.5 * gf.SELECT_RTOL], [1.0, 3.0]], dtype=torch.float64)
+    assert gf.argmin_tied(surface) == 1              # within the tolerance of the least: the first in grid order
+    surface[0, 1] = 1.0 + 2 * gf.SELECT_RTOL + gf.SELECT_ATOL
+    assert gf.argmin_tied(surface) == 2              # outside it: the least
+    assert gf.argmin_tied(torch.tensor([float("inf"), 5.0])) == 1
+    with pytest.raises(ValueError, match="surface"):
+        gf.argmin_tied(torch.full((3,), float("inf")))
+
+
+def test_fits_do_not_follow_round_off_of_the_states():
+    """A machine with other kernels computes the states to about 1e-6 relative: the fitted parameters must not change,
+    and per-query KLs move far less than the sign tests' resolution (gate_report.KL_RESOLUTION). Past the full
+    support every alpha gives the same model (the dense limit), so the choice among them is a tie in exact arithmetic:
+    without the tolerance, round-off would pick the alpha."""
+    from cgar_src.analysis.gate_report import KL_RESOLUTION
+
+    s_q, s_c = scores(P=40, N=300, seed=5)
+    big = float(gf.dense_limit_alpha(s_c).max())
+    target = gf.log_probs_dense(s_q, s_c, 1.0, 0.6)   # off the grid: a least KL above 0
+    grid = {"alpha": [big * f for f in (1.5, 2, 4, 8)], "beta": [0.5, 1.0], "kappa": [0.25, 0.5, 1.0]}
+    folds = folds_of(40, 2, seed=0)
+    ref = gf.cross_fit("gated", s_q, s_c, target, folds, grid)
+    assert [p["alpha"] for p in ref.params] == [grid["alpha"][0]] * 2
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        noisy = [x * (1 + 1e-6 * torch.randn(x.shape, generator=g, dtype=x.dtype)) for x in (s_q, s_c)]
+        fit = gf.cross_fit("gated", *noisy, target, folds, grid)
+        assert fit.params == ref.params
+        assert float((fit.kl - ref.kl).abs().max()) < 0.1 * KL_RESOLUTION

@@ -206,7 +206,7 @@ def test_model_table_pools_the_sets_with_the_query_as_unit(multi):
     assert t.n_sets == 2
     pooled, _ = gr.pool_sets(multi)
     p = t.paired["x", 5]
-    assert p.kl_reduction == sign_test(pooled["dense"]["kl"] - pooled["gated"]["kl"], seed=0)
+    assert p.kl_reduction == sign_test(pooled["dense"]["kl"] - pooled["gated"]["kl"], resolution=gr.KL_RESOLUTION, seed=0)
     assert p.agree == paired_test(pooled["gated"]["agree"], pooled["dense"]["agree"], seed=0)
     assert p.kl_reduction.n == 30 and p.agree.n == 30                 # 30 queries, never 2 x 30
     per_set = [float(e.per_query["zero_shot"]["kl"].mean()) for e in multi]
@@ -235,3 +235,17 @@ def test_theory_table_and_edges_merge_the_sets(multi):
     for m in gr.GRID_FITS:
         edges = {e for r in multi for e in gr.grid_edges(r.fits[m])}
         assert rep[m] == "none" if not edges else all(e in rep[m] for e in edges)
+
+
+def test_round_off_differences_are_ties_in_the_kl_sign_tests():
+    """The gate past its dense limit equals the dense bias up to round-off: a sign test on those differences would
+    call one of them closer on every query (p ~ 1e-30 at n = 100). Below KL_RESOLUTION they are ties."""
+    q = per_query(0.0, 0.5, 0.5)
+    q["dense"]["kl"] = q["gated"]["kl"] + 1e-12 * torch.rand(P, dtype=torch.float64)   # one-signed round-off
+    t = gr.gate_vs_dense(q).kl_reduction
+    assert t.n_pos == t.n_neg == 0 and t.p_value == 1 and gr.gate_vs_dense(q).kl_winner == "tie"
+    assert sign_test(q["dense"]["kl"] - q["gated"]["kl"]).p_value < 1e-25          # without the resolution
+    q["dense"]["kl"] = q["gated"]["kl"] + 10 * gr.KL_RESOLUTION                     # a measured difference still counts
+    assert gr.gate_vs_dense(q).kl_winner == "gate"
+    with pytest.raises(ValueError, match="resolution"):
+        sign_test(torch.ones(3), resolution=-1.0)

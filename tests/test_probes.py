@@ -133,10 +133,12 @@ def test_onset_layer_finds_the_first_layer_that_really_beats_every_baseline():
         probes.onset_layer(a, [base[:10]])
 
 
-def test_probe_rejects_bad_max_iter():
+def test_probe_rejects_bad_tol_and_c():
     states, labels = torch.randn(20, 2, 4), torch.arange(20) % 2
-    with pytest.raises(ValueError, match="max_iter"):
-        probes.probe_correct(states, labels, max_iter=0, progress=False)
+    with pytest.raises(ValueError, match="tol"):
+        probes.probe_correct(states, labels, tol=0.0, progress=False)
+    with pytest.raises(ValueError, match="C"):
+        probes.probe_correct(states, labels, C=-1.0, progress=False)
 
 
 def test_really_beats_is_the_decision_of_the_paired_test():
@@ -169,24 +171,37 @@ def test_onset_layer_on_means_over_sets_tests_the_mean():
     assert probes.onset_layer(a, [base]) is None
 
 
-def test_probe_matches_cold_started_cross_validation():
-    """The warm-started per-fold fits give the predictions of scikit-learn's cold-started cross_val_predict on the
-    same folds (the penalised problem has one optimum), and a fold whose training queries hold one class predicts it."""
+def test_probe_is_the_exact_optimum_of_the_full_problem_and_ignores_round_off():
+    """Solved in the span of the training rows, the probe predicts what scikit-learn's cross_val_predict predicts on the
+    full d features solved to a tight tolerance (the same penalised problem, one optimum), more features than
+    training queries as in the book (d = 576 > 200). Round-off of 1e-6 in the states (two machines' kernels) changes
+    no prediction. A layer whose rows are all equal predicts the training folds' most frequent class, and a fold
+    whose training queries hold one class predicts it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     g = torch.Generator().manual_seed(0)
-    n, labels = 60, torch.arange(60) % 3
-    states = torch.randn(n, 4, 8, generator=g)
-    states[:, 1:, :3] += 1.5 * torch.nn.functional.one_hot(labels, 3)[:, None]
+    n, d, labels = 60, 80, torch.arange(60) % 3
+    states = torch.randn(n, 4, d, generator=g, dtype=torch.float64)
+    states[:, 1:, :3] += 0.7 * torch.nn.functional.one_hot(labels, 3)[:, None]
+    states[:, 0] = states[0, 0]                                   # layer 0: the same row for every query
     got = probes.probe_correct(states, labels, progress=False)
     y, cv = labels.numpy(), probes._cv(n, 5, 0)
-    for l in range(4):
-        ref = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500)),
-                                states[:, l].double().numpy(), y, cv=cv)
+    for l in range(1, 4):
+        ref = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-10, max_iter=10000)),
+                                states[:, l].numpy(), y, cv=cv)
         np.testing.assert_array_equal(got[:, l].numpy(), (ref == y).astype(np.float32))
+    first = np.array([np.bincount(y[train]).argmax() for train, _ in cv])
+    want = np.empty(n, dtype=y.dtype)
+    for (_, test), c in zip(cv, first):
+        want[test] = c
+    np.testing.assert_array_equal(got[:, 0].numpy(), (want == y).astype(np.float32))
+    assert 0 < float(got[:, 1:].mean()) < 1                       # neither trivial nor perfect: a real test
+    noisy = states * (1 + 1e-6 * torch.randn(states.shape, generator=g, dtype=torch.float64))
+    noisy[:, 0] = states[0, 0]
+    assert torch.equal(probes.probe_correct(noisy, labels, progress=False), got)
     one = torch.tensor([0] * 9 + [1])                  # 2 folds: the fold trained on zeros only predicts 0
     acc = probes.probe_correct(torch.randn(10, 2, 3, generator=g), one, n_folds=2, seed=0, progress=False)
     assert acc.shape == (10, 2) and set(acc.unique().tolist()) <= {0.0, 1.0}

@@ -48,12 +48,21 @@ from ..threads import torch_threads
 
 __all__ = ["MODELS", "GRID_MODELS", "log_probs", "log_probs_zero_shot", "log_probs_dense", "log_probs_gated",
            "log_probs_fixed_point", "kl", "kl_grid", "kl_grid_axes", "KAPPA_AXES", "GridFit", "fit_grid", "CrossFit", "cross_fit", "dense_limit_alpha",
-           "support_sizes",
+           "support_sizes", "SELECT_RTOL", "SELECT_ATOL", "argmin_tied",
            "FixedPointGrid", "fixed_point_grid", "cross_fit_fixed_point_grid", "REGIONS",
            "GateStats", "gate_stats", "MultiStart", "multistart_fixed_points", "single_thread"]
 
 #: the models of the ICL distribution that :func:`cross_fit` evaluates
 MODELS = ("zero_shot", "dense", "gated", "prior")
+#: relative tolerance of every grid fit's choice: grid points whose mean KL over the fitting queries is within
+#: ``SELECT_RTOL`` of the least are tied, and the first of them in grid order is taken (the smallest alpha, then beta,
+#: then lambda or kappa). Points that the theory makes equal (the gate past its dense limit and the dense bias, or
+#: every alpha past the full support) differ only by round-off, and the mean KL of one point moves by about 1e-6
+#: relative between machines (float32 states from other kernels, ``tests/test_gate_fit.py``): without the tolerance
+#: such a tie would be broken by the last digits of the states, and the fitted alpha would change with the machine.
+SELECT_RTOL = 1e-4
+SELECT_ATOL = 1e-9    #: and within this many nats (a target the model reproduces exactly has a least KL of ~1e-16)
+
 #: the parameters of each model fitted on a grid, in grid-axis order
 GRID_MODELS = {"dense": ("beta", "lam"), "gated": ("alpha", "beta", "lam")}   # the fixed point: fixed_point_grid
 
@@ -317,9 +326,19 @@ def _rows(rows, n: int) -> torch.Tensor:
     return torch.arange(n) if rows is None else indices(rows, "rows", n, what="query indices")
 
 
+def argmin_tied(surface: torch.Tensor) -> int:
+    """Flat index of the first grid point (in grid order) whose value is within :data:`SELECT_RTOL` (relative) or
+    :data:`SELECT_ATOL` (absolute) of the least; ``inf`` marks points that may not be chosen."""
+    s = surface.reshape(-1).double()
+    best = float(s.min())
+    if not math.isfinite(best):
+        raise ValueError("surface has no finite point to choose")
+    return int(torch.nonzero(s <= best + SELECT_RTOL * abs(best) + SELECT_ATOL).min())
+
+
 def _best(axes: dict, per_query: torch.Tensor, rows: torch.Tensor, model: str) -> GridFit:
     surface = per_query[..., rows].mean(-1)
-    flat = int(torch.argmin(surface))  # first minimum in grid order: ties go to the smaller values
+    flat = argmin_tied(surface)  # ties (within SELECT_RTOL) go to the first point in grid order: the smaller values
     pos = torch.unravel_index(torch.tensor(flat), surface.shape)
     params = _params(model, axes, pos)
     return GridFit(model=model, params=params, kl=float(surface.reshape(-1)[flat]), surface=surface, axes=axes,
@@ -517,7 +536,7 @@ def cross_fit_fixed_point_grid(s_q, s_c, target_logp, folds, grid: dict, *, tol:
                          columns=fg.columns)
         for f, (fit, ev) in enumerate(folds):
             surface = torch.where(allowed, fg.kl[..., fit].mean(-1), torch.full_like(fg.bound, float("inf")))
-            flat = int(torch.argmin(surface))
+            flat = argmin_tied(surface)
             a, b, c = (int(i) for i in torch.unravel_index(torch.tensor(flat), surface.shape))
             res.params.append({"alpha": fg.axes["alpha"][a], "beta": fg.axes["beta"][b], "lam": fg.axes["lam"][c]})
             res.extra.setdefault("index", []).append((a, b, c))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.stats import binomtest
 
-from .._validate import confidence_level, positive_int
+from .._validate import confidence_level, nonnegative, positive_int
 
 __all__ = ["ALPHA", "wilson", "accuracy_ci", "Comparison", "compare", "SignTest", "sign_test", "holm",
            "paired_from_record", "ledger_entry", "bootstrap_ci", "fmt_ci", "fmt_list", "paired_test", "PermutationTest",
@@ -244,14 +244,19 @@ def compare(a, b, *, n_boot: int = 10000, level: float = 0.95, seed: int = 0) ->
                       n_a_only=n10, n_b_only=n01)
 
 
-def sign_test(diffs, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> SignTest:
+def sign_test(diffs, *, resolution: float = 0.0, n_boot: int = 2000, level: float = 0.95,
+              seed: int = 0) -> SignTest:
     r"""Exact two-sided sign test of per-query paired differences ``diffs`` ``(P,)`` (A minus B, any real values):
-    :math:`p = P(|X - m/2| \ge |n_+ - m/2|)`, :math:`X \sim \mathrm{Binomial}(m, 1/2)`, :math:`m = n_+ + n_-` (exact
-    zeros are ties and dropped); with the mean and its percentile-bootstrap interval (:func:`bootstrap_ci`) for
-    display."""
+    :math:`p = P(|X - m/2| \ge |n_+ - m/2|)`, :math:`X \sim \mathrm{Binomial}(m, 1/2)`, :math:`m = n_+ + n_-`, where
+    :math:`n_\pm = \#\{i : \pm d_i > r\}` and the differences with :math:`|d_i| \le r` (``resolution``) are ties and
+    dropped; with the mean and its percentile-bootstrap interval (:func:`bootstrap_ci`) for display. ``resolution``:
+    the size below which a difference is round-off, not a measurement (0: only exact zeros are ties). A sign test
+    counts directions, so two quantities equal up to round-off (a model and its own limit) would otherwise give a
+    direction to every query, and the verdict would follow the last digits of the machine's arithmetic."""
     d = _diffs(diffs)
+    nonnegative(resolution, "resolution")
     mean, lo, hi = bootstrap_ci(d, n_boot=n_boot, level=level, seed=seed)
-    n_pos, n_neg = int((d > 0).sum()), int((d < 0).sum())
+    n_pos, n_neg = int((d > resolution).sum()), int((d < -resolution).sum())
     return SignTest(n=d.numel(), diff=mean, lo=lo, hi=hi, p_value=_sign_p(n_pos, n_neg), n_pos=n_pos, n_neg=n_neg)
 
 
