@@ -19,13 +19,14 @@ SMALL = {"n_queries": 24, "n_facts": 6, "seeds": [0, 1]}   # two demonstration s
 
 
 def run_every_chapter(profile_name: str, model_dir: Path, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch, *, skip: tuple[str, ...] = ()) -> dict[str, float]:
+                      monkeypatch: pytest.MonkeyPatch, *, skip: tuple[str, ...] = (),
+                      overrides: dict[str, dict] | None = None) -> dict[str, float]:
     """Execute every chapter of the profile ``profile_name`` (its dtype, its other entries) on the model saved in
     ``model_dir`` (``model_id`` = that folder, CPU, :data:`SMALL` sizes), each into ``tmp_path``, with the state
     cache in ``tmp_path/cache/states``. Fails listing every chapter that raised or that did not record, in
     ``out_dir/params.json``, the weights it ran on (the profile's dtype and the resolved revision ``"local"``).
-    Returns each chapter's wall time in seconds. ``skip`` names chapters of the profile left out (say why at the
-    call)."""
+    Returns each chapter's wall time in seconds. ``skip`` names chapters of the profile left out, ``overrides`` gives
+    a chapter parameters of its own on top of the profile's (say why at the call)."""
     import papermill as pm
 
     from cgar_src.book.run import ROOT, chapter_parameters, load_profile
@@ -40,11 +41,13 @@ def run_every_chapter(profile_name: str, model_dir: Path, tmp_path: Path,
     profile = {**base, **SMALL, "model_id": str(model_dir), "device": "cpu", "device_map": None}
     dtype = profile["dtype"]
     failures, seconds = [], {}
-    unknown = set(skip) - set(base["chapters"])
-    assert not unknown, f"skip names chapters that profile {profile_name} does not run: {sorted(unknown)}"
+    overrides = overrides or {}
+    unknown = (set(skip) | set(overrides)) - set(base["chapters"])
+    assert not unknown, f"skip or overrides name chapters that profile {profile_name} does not run: {sorted(unknown)}"
     for ch in [c for c in base["chapters"] if c not in skip]:
         source = ROOT / "chapters" / f"{ch}.ipynb"
         params = chapter_parameters(profile, ch, tmp_path / "results")   # what `python -m cgar_src.book.run` passes
+        params.update(overrides.get(ch, {}))
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(source), str(tmp_path / f"{ch}.ipynb"), parameters=params,

@@ -235,3 +235,31 @@ def test_layer_effects_find_a_reversal():
     assert [e.spreads for e in eff] == [False, False, True]
     with pytest.raises(ValueError, match="layers"):
         collapse.layer_effects({0: mk(n0, m0), 1: mk(n1, m1)}, k=1, layers=[7])
+
+
+def test_random_label_control_on_the_first_set_only_pairs_with_that_sets_true_labels():
+    """Chapter 07 runs the random-label control on the first set only (random_label_sets): true minus random labels
+    is then that set's own comparison, whatever the other sets' true labels give, while the collapse test pools
+    every set; the tables and headline numbers summarise the control over the sets that ran it."""
+    labels, pool = torch.tensor([0, 1] * 20), torch.tensor([1, 1, 0])
+    first = effect_curves(random_gain=0.2)
+    other = effect_curves(mass_gain=0.1)
+    del other["random"]
+    pooled = collapse.shot_effect([first, other], labels, pool, shots=[0, 1], random_label_shots=1)
+    alone = collapse.shot_effect(first, labels, pool, shots=[0, 1], random_label_shots=1)
+    assert pooled.true_minus_random_mass == alone.true_minus_random_mass
+    assert pooled.true_minus_random_mass.diff == pytest.approx(0.4, abs=1e-6)   # 0.6 - 0.2 on the first set
+    assert pooled.mass_change.diff == pytest.approx(0.35, abs=1e-6)             # (0.6 + 0.1) / 2 over both sets
+    with pytest.raises(ValueError, match="random"):
+        collapse.shot_effect([other, other], labels, pool, shots=[0, 1], random_label_shots=1)
+    lab, pools, words = {"sst2": labels}, {"sst2": pool}, {"sst2": ("negative", "positive")}
+    summaries = [collapse.last_layer_table({"sst2": c}, lab, pools, words, shots=[0, 1], random_label_shots=1)[0]
+                 for c in (first, other)]
+    assert "sst2_random" in summaries[0] and "sst2_random" not in summaries[1]
+    head = collapse.headline_spread(summaries, ["sst2"], shots=[0, 1], random_label_shots=1)
+    one = collapse.headline_values(summaries[0], ["sst2"], shots=[0, 1], random_label_shots=1)
+    assert head["sst2_random_mass"] == f"{one['sst2_random_mass']:.3f}"        # one set: its value alone
+    assert head["sst2_true1_mass"] == f"{one['sst2_true1_mass']:.3f}"          # the true labels of that same set
+    assert "over 2 sets" in head["sst2_mass"]
+    table = collapse.spread_table(summaries, ["sst2"], shots=[0, 1], random_label_shots=1)
+    assert sum("1-shot random" in line for line in table) == 1

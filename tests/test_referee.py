@@ -157,6 +157,12 @@ def test_baseline_rows_on_a_tiny_model(tiny, tmp_path):
     no_tv, ch, _ = referee.baseline_rows(tiny, un, ts, rl, h_cf[0, L], pool=pool, **kw, task_vector=False)
     assert referee.TASK_VECTOR not in no_tv and "task_vector" not in ch
     assert torch.equal(no_tv[referee.ADDITIVE], rows[referee.ADDITIVE])
+    no_rl, ch, _ = referee.baseline_rows(tiny, un, ts, None, h_cf[0, L], pool=pool, **kw, task_vector=False)
+    random_rows = {"random-label 1-shot prompting", "additive random-label c_bar (held-out)"}
+    assert set(no_rl) == set(no_tv) - random_rows and "random_label" not in ch     # a set without the control
+    pooled = referee.pool_rows([no_tv, no_rl])
+    for n in random_rows:                     # the control is paired with the additive vector of the same set
+        assert torch.equal(pooled[referee.matched_name(n)], no_tv[referee.ADDITIVE].double())
     with pytest.raises(ValueError, match="h_cf"):
         referee.baseline_rows(tiny, un, rl, rl, h_cf[0, L], pool=pool, **kw)
     with pytest.raises(ValueError, match="same queries"):

@@ -121,12 +121,13 @@ TABLE_HEADER = (f"{'dataset':>7} {'prompt':>16} {'med N_eff':>9} {'mass':>6} {'a
 def last_layer_table(curves: Mapping[str, Mapping[int | str, LensCurves]], labels: Mapping[str, torch.Tensor],
                      pools: Mapping[str, torch.Tensor], label_words: Mapping[str, Sequence[str]], *,
                      shots: Sequence[int], random_label_shots: int) -> tuple[dict, list[str]]:
-    """The chapter's last-layer table: ``curves[dataset][key]`` for every key of ``shots`` and ``"random"``.
+    """The chapter's last-layer table: ``curves[dataset][key]`` for every key of ``shots`` and ``"random"`` (where
+    this demonstration set has the random-label control).
     Returns the summary (``"{dataset}_{key}"`` -> :func:`last_layer_summary`, ``"{dataset}_majority"`` ->
     :func:`majority_summary`) and the printed lines."""
     summary, lines = {}, [TABLE_HEADER]
     for ds, by_key in curves.items():
-        for key in [*shots, "random"]:
+        for key in [k for k in (*shots, "random") if k in by_key]:   # "random": only in the sets that ran it
             row = summary[f"{ds}_{key}"] = last_layer_summary(by_key[key])
             cis = [fmt_ci(row[f"accuracy_{kind}"]) if f"accuracy_{kind}" in row else "-" for kind in ACCURACY_KINDS]
             lines.append(f"{ds:>7} {prompt_name(key, random_label_shots):>16} {row['median_n_eff']:9.1f} "
@@ -148,12 +149,14 @@ def headline_values(summary: Mapping[str, dict], datasets: Sequence[str], *, sho
     out = {}
     for ds in datasets:
         s0, s1, sk = summary[f"{ds}_0"], summary[f"{ds}_{k_min}"], summary[f"{ds}_{k_max}"]
-        rnd, maj = summary[f"{ds}_random"], summary[f"{ds}_majority"]
+        maj = summary[f"{ds}_majority"]
         out |= {f"{ds}_majority": round(maj["pool"][0], 3), f"{ds}_majority_label": maj["majority_label"],
                 f"{ds}_zero": round(s0["median_n_eff"], 1), f"{ds}_icl": round(sk["median_n_eff"], 1),
-                f"{ds}_mass0": round(s0["label_mass"], 3), f"{ds}_mass": round(sk["label_mass"], 3),
-                f"{ds}_random_mass": round(rnd["label_mass"], 3), f"{ds}_random_neff": round(rnd["median_n_eff"], 1),
-                f"{ds}_true1_mass": round(summary[f"{ds}_{random_label_shots}"]["label_mass"], 3)}
+                f"{ds}_mass0": round(s0["label_mass"], 3), f"{ds}_mass": round(sk["label_mass"], 3)}
+        if f"{ds}_random" in summary:            # the random-label control and the true labels of the same set
+            rnd = summary[f"{ds}_random"]
+            out |= {f"{ds}_random_mass": round(rnd["label_mass"], 3), f"{ds}_random_neff": round(rnd["median_n_eff"], 1),
+                    f"{ds}_true1_mass": round(summary[f"{ds}_{random_label_shots}"]["label_mass"], 3)}
         for key, s in (("0", s0), ("1", s1), ("kmax", sk)):
             out[f"{ds}_acc{key}"] = round(s["accuracy_correct"][0], 3)
         out[f"{ds}_restricted0"] = round(s0["accuracy_restricted"][0], 3)
@@ -166,7 +169,9 @@ def headline_spread(summaries: Sequence[Mapping[str, dict]], datasets: Sequence[
                     random_label_shots: int) -> dict:
     """:func:`headline_values` over demonstration sets (one last-layer summary per set, the same queries): each
     number as its mean and range over the sets (:func:`cgar_src.analysis.seeds.spread`, ``"0.520 (0.480-0.550 over
-    3 sets)"``; a number every set shares, such as a zero-shot one, alone), with its own digits; words unchanged."""
+    3 sets)"``; a number every set shares, such as a zero-shot one, alone), with its own digits; words unchanged.
+    The random-label control's numbers and the true-label mass beside them are taken over the sets that ran the
+    control (the first set summarised must be one of them)."""
     per = [headline_values(s, datasets, shots=shots, random_label_shots=random_label_shots) for s in summaries]
     if not per:
         raise ValueError("summaries must hold one summary per demonstration set")
@@ -175,8 +180,8 @@ def headline_spread(summaries: Sequence[Mapping[str, dict]], datasets: Sequence[
     for name, v in per[0].items():
         if isinstance(v, str) or name == "kmax":
             out[name] = v
-        else:
-            out[name] = spread([p[name] for p in per]).fmt(digits(name))
+        else:   # over the sets that have it (the random-label control and its true labels: the sets that ran it)
+            out[name] = spread([p[name] for p in per if name in p]).fmt(digits(name))
     return out
 
 
@@ -190,7 +195,9 @@ def spread_table(summaries: Sequence[Mapping[str, dict]], datasets: Sequence[str
     lines = [head]
     for ds in datasets:
         for key in [*shots, "random"]:
-            rows = [s[f"{ds}_{key}"] for s in summaries]
+            rows = [s[f"{ds}_{key}"] for s in summaries if f"{ds}_{key}" in s]   # "random": the sets that ran it
+            if not rows:
+                continue
             cells = [spread([r["median_n_eff"] for r in rows]).fmt(1), spread([r["label_mass"] for r in rows]).fmt(3)]
             cells += [spread([r[f"accuracy_{k}"][0] for r in rows]).fmt(3) if f"accuracy_{k}" in rows[0] else "-"
                       for k in ACCURACY_KINDS]
@@ -294,17 +301,25 @@ def shot_effect(curves: Mapping[int | str, LensCurves] | Sequence[Mapping[int | 
     ``curves`` may also be a list, one mapping per demonstration set shown to the same queries: each prompt set is
     then averaged per query over the sets (:func:`cgar_src.analysis.seeds.seed_mean`) and every comparison is the
     pooled exact test with the query as its unit (:func:`cgar_src.analysis.stats.paired_test`: the sign test of the
-    per-query mean difference; McNemar when there is one set)."""
+    per-query mean difference; McNemar when there is one set). The random-label control (key ``"random"``) may be in
+    some sets only (chapter 07 runs it on the first): true minus random labels is then pooled over those sets alone,
+    each paired with its own true labels."""
     if not isinstance(curves, Mapping):
         sets = list(curves)
         if not sets or not all(isinstance(c, Mapping) for c in sets):
             raise ValueError("curves must be a mapping of prompt sets or a non-empty list of them (one per seed)")
-        curves = {key: seed_mean([c[key] for c in sets]) for key in sets[0]}
+        with_random = [c for c in sets if "random" in c]
+        curves = {key: seed_mean([c[key] for c in sets]) for key in sets[0] if key != "random"}
+        if with_random:   # the control pairs with the true labels of the same sets
+            curves["random"] = seed_mean([c["random"] for c in with_random])
+            random_true = seed_mean([c[random_label_shots] for c in with_random])
+    else:
+        random_true = curves.get(random_label_shots)
     missing = [k for k in (0, random_label_shots, *shots, "random") if k not in curves]
     if missing:
         raise ValueError(f"curves lacks the prompt sets {missing} (keys: shots, which must hold 0, and 'random')")
     k_max = max(shots)
-    z, kk, r1, rr = curves[0], curves[k_max], curves[random_label_shots], curves["random"]
+    z, kk, r1, rr = curves[0], curves[k_max], random_true, curves["random"]
     f64 = lambda x: x[:, -1].double()                     # the last layer, differences in float64
     d_mass = sign_test(f64(kk.label_mass) - f64(z.label_mass), seed=seed)
     d_neff = sign_test(torch.log(f64(kk.n_eff)) - torch.log(f64(z.n_eff)), seed=seed)

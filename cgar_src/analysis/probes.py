@@ -76,7 +76,7 @@ def probe_correct(states: torch.Tensor, labels: torch.Tensor, *, n_folds: int = 
     difference between two machines, changes about 12 of 9,000 predictions on chapter 10's TREC states; here none,
     ``tests/test_probes.py``). The L2-penalised optimum lies in the span of the training rows (the stationarity
     condition :math:`w = -C\,X_{train}^\top r`), so with :math:`V` an orthonormal basis of that span
-    (:func:`_row_space`, at most as many columns as training queries) the problem in the coordinates
+    (``_row_space``, at most as many columns as training queries) the problem in the coordinates
     :math:`X V` has the same optimum :math:`w = V u` and the same penalty :math:`\|w\| = \|u\|`: it is solved there by
     Newton's method (scikit-learn's ``newton-cg``, gradient tolerance ``tol``), a few iterations on a problem of
     n_train features instead of d. A layer whose training rows are all equal (the embedding of the prompt's last

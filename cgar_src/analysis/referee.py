@@ -78,7 +78,7 @@ N_SIMPLE = 6
 RESTRICTED_AGAINST = ("restricted", "logit_prior")
 
 
-def baseline_rows(lm: LoadedModel, unembed: Unembed, ts: TaskStatesLike, random_label: TaskStatesLike,
+def baseline_rows(lm: LoadedModel, unembed: Unembed, ts: TaskStatesLike, random_label: TaskStatesLike | None,
                   cf_zero: torch.Tensor, *, pool: torch.Tensor, k_shot: int, lambdas: list[float], context_layers: list[int],
                   patch_layers: list[int], n_folds: int = 2, seed: int = 0, batch_size: int = 8,
                   cache_root=None, task_vector: bool = True
@@ -89,24 +89,26 @@ def baseline_rows(lm: LoadedModel, unembed: Unembed, ts: TaskStatesLike, random_
     of ``context_layers`` fixed in advance (``{"additive": {l: (P,)}, "label_prior": {l: (P,)}}``).
 
     ``ts``: the k-shot states with the set's content-free states ``h_cf`` (its demonstrations, input "N/A");
-    ``random_label``: the same queries with the set's labels permuted; ``cf_zero``: the zero-shot content-free
+    ``random_label``: the same queries with the set's labels permuted (``None``: the random-label rows are absent,
+    as :func:`pool_rows` expects of a set that did not run the control); ``cf_zero``: the zero-shot content-free
     prompt's final-layer state ``(P, d)`` or ``(d,)``; ``pool``: the class labels of the demonstration pool, whose
     majority class is the majority answer. Everything fitted is fitted on the other fold. ``task_vector=False``
     skips the task-vector patch (the only row that runs the model), whose row is then absent."""
     L = lm.n_layers
     for name, st in (("ts", ts), ("random_label", random_label)):
+        if st is None:
+            continue
         if st.h_icl is None or st.h_zero.shape != st.h_icl.shape or st.h_zero.shape[1] != L + 1:
             raise ValueError(f"{name} must hold zero-shot and k-shot states (P, {L + 1}, d) of one shape")
     if ts.h_cf is None:
         raise ValueError("ts must hold the content-free states h_cf (task_states(..., content_free=True))")
-    if random_label.h_zero.shape[0] != ts.h_zero.shape[0]:
+    if random_label is not None and random_label.h_zero.shape[0] != ts.h_zero.shape[0]:
         raise ValueError("random_label must hold the same queries as ts")
     dec = lambda h: lens.decode_stats(unembed, h, ts.label_ids)
     hit = lambda st: st.correct(ts.label_ids, ts.labels)
-    zero, icl, rand_icl = dec(ts.h_zero[:, L]), dec(ts.h_icl[:, L]), dec(random_label.h_icl[:, L])
+    zero, icl = dec(ts.h_zero[:, L]), dec(ts.h_icl[:, L])
     grid = dict(lambdas=lambdas, context_layers=context_layers, query_layer=L, n_folds=n_folds, seed=seed)
     add = steering.heldout_additive(unembed, ts.h_zero, ts.h_icl, ts.labels, ts.label_ids, **grid)
-    rand = steering.heldout_additive(unembed, random_label.h_zero, random_label.h_icl, ts.labels, ts.label_ids, **grid)
     prior = steering.heldout_additive(unembed, ts.h_zero, ts.h_icl, ts.labels, ts.label_ids, **grid,
                                       transform=lambda c: baselines.label_prior_vector(unembed, ts.label_ids,
                                                                                        c.norm(dim=-1)))
@@ -122,16 +124,19 @@ def baseline_rows(lm: LoadedModel, unembed: Unembed, ts: TaskStatesLike, random_
         f"{k_shot}-shot prompting": hit(icl),
         f"{k_shot}-shot, calibrated": baselines.calibrated_correct(icl.label_logits, dec(ts.h_cf[:, L]).label_logits,
                                                                    ts.labels),
-        f"random-label {k_shot}-shot prompting": hit(rand_icl),
         ADDITIVE: add.correct,
         ADDITIVE_RESTRICTED: add.restricted_correct,
-        "additive random-label c_bar (held-out)": rand.correct,
         LABEL_PRIOR: prior.correct,
         ICL_MEAN: mean_icl.correct,
         "norm-matched random vector": add.control_correct,
     }
-    choices = {"additive": add.choices, "random_label": rand.choices, "label_prior": prior.choices,
-               "icl_mean": mean_icl.choices}
+    choices = {"additive": add.choices, "label_prior": prior.choices, "icl_mean": mean_icl.choices}
+    if random_label is not None:
+        rand = steering.heldout_additive(unembed, random_label.h_zero, random_label.h_icl, ts.labels, ts.label_ids,
+                                         **grid)
+        rows[f"random-label {k_shot}-shot prompting"] = hit(dec(random_label.h_icl[:, L]))
+        rows["additive random-label c_bar (held-out)"] = rand.correct
+        choices["random_label"] = rand.choices
     if task_vector:
         tv = steering.heldout_task_vector(lm, unembed, ts.zero_prompts, ts.h_icl, ts.labels, ts.label_ids,
                                           layers=patch_layers, n_folds=n_folds, seed=seed, batch_size=batch_size,

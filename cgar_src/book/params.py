@@ -220,6 +220,7 @@ RULES: dict[str, Rule] = {
     "query_layer_fractions": _FRACTIONS,
     "query_noise": _real(0, strict=False),
     "query_seed": _int(0, 2**32 - 1, what=" (random seed of the query sample)"),
+    "random_label_sets": _int(1, what=" (the first this many demonstration sets also run the random-label control)"),
     "random_label_shots": _int(1, what=" (demonstrations per class of the random-label control)"),
     "relations": _list(lambda x: isinstance(x, str) and bool(_RELATION.match(x)),
                        "LAMA T-REx relation ids like 'P30'", unique=True),
