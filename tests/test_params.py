@@ -265,3 +265,12 @@ def test_n_queries_at_most_every_datasets_query_split():
     with pytest.raises(ValueError, match="parameter n_queries must be at most"):
         validate_parameters({"n_queries": sizes[largest] + 1, "dataset": largest}, machine=False)
     validate_parameters({"n_queries": 10**6}, machine=False)   # random queries of the theory chapters: no dataset
+
+
+def test_random_label_sets_at_most_the_sets():
+    """The random-label control runs on the first random_label_sets demonstration sets: never more than there are."""
+    from cgar_src.book.params import check_across
+
+    check_across({"random_label_sets": 3, "seeds": [0, 1, 2]})
+    with pytest.raises(ValueError, match="random_label_sets"):
+        check_across({"random_label_sets": 3, "seeds": [0, 1]})

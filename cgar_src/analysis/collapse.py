@@ -304,6 +304,7 @@ def shot_effect(curves: Mapping[int | str, LensCurves] | Sequence[Mapping[int | 
     per-query mean difference; McNemar when there is one set). The random-label control (key ``"random"``) may be in
     some sets only (chapter 07 runs it on the first): true minus random labels is then pooled over those sets alone,
     each paired with its own true labels."""
+    random_true = None   # the true labels of the sets that ran the random-label control
     if not isinstance(curves, Mapping):
         sets = list(curves)
         if not sets or not all(isinstance(c, Mapping) for c in sets):

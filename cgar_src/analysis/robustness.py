@@ -55,7 +55,6 @@ CELL = ("model", "dataset", "template", "seed")
 #: a bundle row's configuration columns and the per-query columns read here (``cgar_src.book.bundle`` writes them)
 CONFIG_COLUMNS = ("model", "dataset", "template", "seed", "shots", "label_mode")
 ROW_COLUMNS = CONFIG_COLUMNS + ("query", "gold", "pred_full", "pred_label", "pred_calibrated", "pred_majority")
-_CONFIG, _BASE = CONFIG_COLUMNS, ROW_COLUMNS
 #: per-query quantities a claim can compare: right/wrong outcomes (McNemar) and continuous ones (sign test)
 QUANTITIES = {"acc_label": "McNemar", "acc_full": "McNemar", "acc_calibrated": "McNemar", "acc_majority": "McNemar",
               "neff": "sign", "mass": "sign"}
@@ -142,7 +141,7 @@ def _check_rows(rows) -> None:
 
     if not isinstance(rows, pd.DataFrame):
         raise ValueError(f"rows must be a pandas DataFrame of bundle rows (load_bundle), got {type(rows).__name__}")
-    missing = [c for c in _BASE if c not in rows.columns]
+    missing = [c for c in ROW_COLUMNS if c not in rows.columns]
     if missing:
         raise ValueError(f"rows lack the bundle columns {missing}")
     if rows.empty:
@@ -174,7 +173,7 @@ def cell_tests(rows, *, alpha: float = 0.05, claims: Sequence[Claim] = CLAIMS):
     if bad:
         raise ValueError(f"rows hold label modes {bad}; a bundle has 'true' and 'random'")
     layer = last_layers(rows)
-    configs = {key: g.sort_values("query") for key, g in rows.groupby(list(_CONFIG), observed=True, sort=True)}
+    configs = {key: g.sort_values("query") for key, g in rows.groupby(list(CONFIG_COLUMNS), observed=True, sort=True)}
     out = []
     for key, g in configs.items():
         model, dataset, template, seed, k, mode = key
@@ -264,9 +263,9 @@ def bundle_sizes(rows, sidecar: Mapping | None = None) -> dict:
     models = sorted(rows["model"].unique())
     datasets, templates = sorted(rows["dataset"].unique()), sorted(rows["template"].unique())
     seeds, shots = sorted(int(s) for s in rows["seed"].unique()), sorted(int(k) for k in rows["shots"].unique())
-    per_config = rows.groupby(list(_CONFIG), observed=True).size()
+    per_config = rows.groupby(list(CONFIG_COLUMNS), observed=True).size()
     grid = len(datasets) * len(templates) * len(seeds) * sum(1 if k == 0 else 2 for k in shots)
-    present = rows.drop_duplicates(list(_CONFIG)).groupby("model").size()
+    present = rows.drop_duplicates(list(CONFIG_COLUMNS)).groupby("model").size()
     params = (sidecar or {}).get("parameters", {})
     out = {"n_models": len(models), "models": ", ".join(models), "n_datasets": len(datasets),
            "datasets": ", ".join(datasets), "n_templates": len(templates), "templates": ", ".join(templates),

@@ -270,11 +270,15 @@ def _fail(name: str, allowed: str, value: Any, why: str = "") -> None:
 def check_across(namespace: Mapping[str, Any]) -> None:
     """Rules that tie parameters together, for values that passed :data:`RULES`.
 
-    ``n_queries`` (queries sampled per dataset, without replacement) must not exceed the query split of any dataset
+    ``random_label_sets`` (the first sets that also run the random-label control) must not exceed the number of
+    ``seeds``. ``n_queries`` (queries sampled per dataset, without replacement) must not exceed the query split of any dataset
     of ``datasets`` (or ``dataset``): counted from the dataset files (:func:`cgar_src.tasks.data.load_examples`;
     sha256-checked, a fraction of a second). Skipped when the data come from the Hugging Face hub
     (``CGAR_DATA_DIR=hub``: a download is no check), where sampling raises the same error later.
     """
+    if "random_label_sets" in namespace and "seeds" in namespace and namespace["random_label_sets"] > len(namespace["seeds"]):
+        _fail("random_label_sets", f"at most the number of demonstration sets, len(seeds) = {len(namespace['seeds'])}",
+              namespace["random_label_sets"])
     names = namespace.get("datasets", [namespace["dataset"]] if "dataset" in namespace else None)
     if "n_queries" not in namespace or not names:
         return
