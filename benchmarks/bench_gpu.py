@@ -7,7 +7,7 @@ It runs a profile as ``python -m cgar_src.book.run`` does (the same functions: `
 - load: ``load_model`` of the profile's model (the chapters pay it again, each in its own kernel);
 - per stage (dataset x shots): extraction (tokenising, forward passes, cache writes) and within it the forward passes
   alone (``cgar_src.lm.hidden_states``), the real and padded tokens forwarded, tokens per second, the model FLOPs
-  of those tokens (2 x the body's matmul weights per token plus causal attention, 2 d T(T+1) per layer and prompt)
+  of those tokens (2 x the body's matmul weights per token plus causal attention, ``bench_prefix.attention_flops``)
   and their fraction of ``--peak-tflops``; then the logit-lens decode over the whole vocabulary;
 - per chapter: papermill wall time; peak memory.
 
@@ -46,6 +46,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_prefix import attention_flops, body_matmul_weights  # noqa: E402  (one FLOP count for both scripts)
 
 from cgar_src.analysis import lens as lens_mod  # noqa: E402
 from cgar_src.book.run import extract_stage, load_profile, profile_model, run_chapter  # noqa: E402
@@ -88,14 +91,6 @@ def build_random_model(name: str, folder: Path, dtype: str, device: str, tokeniz
     return folder
 
 
-def body_matmul_weights(model: torch.nn.Module) -> int:
-    """Weights of the transformer body's matrix multiplications (Linear and GPT-2's Conv1D), output head excluded:
-    each costs 2 FLOPs per token."""
-    from transformers.pytorch_utils import Conv1D
-
-    return sum(m.weight.numel() for m in model.base_model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
-
-
 class Meter:
     """Wraps ``cgar_src.lm.cache.hidden_states`` and ``cgar_src.lm.prefix.prefix_states`` (what the state cache calls
     for every missing chunk: whole prompts, or one demonstration prefix and its queries) and
@@ -106,7 +101,7 @@ class Meter:
         self.lm, self.cuda = lm, lm.device.type == "cuda"
         cfg = lm.model.config
         self.w = body_matmul_weights(lm.model)
-        self.attn = 2 * cfg.hidden_size * cfg.num_hidden_layers     # x T(T+1) per prompt: QK^T and AV, causal
+        self.cfg = cfg
         self.reset()
         self._forward, self._decode = cache_mod.hidden_states, lens_mod.decode_stats
         self._prefix = prefix_mod.prefix_states
@@ -134,7 +129,7 @@ class Meter:
         self.prompts += len(prompts)
         self.tokens += sum(lengths)
         self.padded += sum(ids.numel() for _, ids, _ in batches)
-        self.flops += sum(2.0 * self.w * n + self.attn * n * (n + 1) for n in lengths)
+        self.flops += 2.0 * self.w * sum(lengths) + attention_flops(self.cfg, 0, lengths)
         return out
 
     def prefix(self, lm, prefix, queries, **kw):
@@ -147,9 +142,7 @@ class Meter:
         self.prompts += len(queries)
         self.tokens += out.tokens_forwarded
         self.padded += out.padded_tokens + p
-        # causal attention: the prefix once, P(P+1); query i of q tokens after it, q(2P + q + 1)
-        keys = p * (p + 1) + sum(len(q) * (2 * p + len(q) + 1) for q in out.query_ids)
-        self.flops += 2.0 * self.w * out.tokens_forwarded + self.attn * keys
+        self.flops += 2.0 * self.w * out.tokens_forwarded + attention_flops(self.cfg, p, [len(q) for q in out.query_ids])
         return out
 
     def decode(self, *args, **kw):

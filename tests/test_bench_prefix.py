@@ -30,3 +30,17 @@ def test_smoke_run_prints_the_summary_line(bench, capsys):
     assert last.startswith("worst tokens-per-query ratio: ") and "; engine fraction of fp32 peak: " in last
     assert out["worst_ratio"] >= 1.0 and out["shape_ceiling_flops"] > 0
     assert all(r["max_rel_diff"] < 1e-3 for r in out["rows"])           # the two paths give the same states
+
+
+def test_attention_flops_follow_head_size_and_sliding_windows(bench):
+    """Heads x head size need not be the hidden size (Gemma 3: 4 x 256 against 640), and a sliding-window layer
+    attends to at most its window: against a count written out token by token."""
+    cfg = SimpleNamespace(num_attention_heads=4, head_dim=256, hidden_size=640, num_hidden_layers=2,
+                          layer_types=["sliding_attention", "full_attention"], sliding_window=3)
+    n_prefix, queries = 5, [1, 4]
+    keys = 0
+    for window in (3, None):
+        positions = list(range(n_prefix)) + [n_prefix + j for q in queries for j in range(q)]
+        keys += sum(t + 1 if window is None else min(t + 1, window) for t in positions)
+    assert bench.attention_flops(cfg, n_prefix, queries) == 4 * 4 * 256 * keys
+    assert bench.attention_flops(cfg, 0, [2]) == 4 * 4 * 256 * ((1 + 2) + (1 + 2))      # inside the window

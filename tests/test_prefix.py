@@ -147,3 +147,79 @@ def test_out_of_memory_splits_the_query_batch(monkeypatch, padding_side):
     _fail_when(monkeypatch, lm, lambda ids: ids.shape[1] < len(PREFIX) and ids.shape[1] > 20)
     with pytest.raises(RuntimeError, match="out of memory on one query"):
         prefix_states(lm, PREFIX, QUERIES, batch_size=1, padding_side=padding_side)
+
+
+def _reference_attention(query, pk, pv, first, n_prefix, key, value, scaling, window):
+    """Causal attention written out over the explicit key sequence (the stored prefix keys, then the queries' own):
+    every row of the batch gets its own copy of the prefix, softmax over the visible keys."""
+    b, h, q, _ = query.shape
+    g = h // pk.shape[0]
+    keys = torch.cat([pk.unsqueeze(0).expand(b, -1, -1, -1), key], 2).repeat_interleave(g, 1)
+    values = torch.cat([pv.unsqueeze(0).expand(b, -1, -1, -1), value], 2).repeat_interleave(g, 1)
+    pos_k = torch.cat([first + torch.arange(pk.shape[1]), n_prefix + torch.arange(q)])
+    pos_q = n_prefix + torch.arange(q)
+    visible = pos_k[None, :] <= pos_q[:, None]
+    if window is not None:
+        visible &= pos_k[None, :] > pos_q[:, None] - window
+    scores = (query.double() @ keys.double().transpose(-1, -2)) * scaling
+    weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    return (weights @ values.double()).transpose(1, 2)                        # (b, q, h, d)
+
+
+@pytest.mark.parametrize("window", [None, 3, 6, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_prefix_attention_is_causal_attention_over_prefix_and_query(window, dtype):
+    """The folded attention (one stored prefix for every row) against attention over each row's explicit prompt,
+    with grouped key/value heads (4 query heads, 2 key/value heads), a stored prefix that starts after position 0
+    (a sliding layer's cache) and windows shorter than the query, than the prefix, and longer than both."""
+    from types import SimpleNamespace
+
+    from cgar_src.lm.prefix import _ACTIVE, _SharedPrefix, shared_prefix_attention
+
+    gen = torch.Generator().manual_seed(0)
+    b, h, hkv, q, d, n_prefix, first = 3, 4, 2, 5, 8, 11, 2
+    query, key, value = (torch.randn(b, n_h, q, d, generator=gen) for n_h in (h, hkv, hkv))
+    pk, pv = torch.randn(hkv, n_prefix - first, d, generator=gen), torch.randn(hkv, n_prefix - first, d, generator=gen)
+    want = _reference_attention(query, pk, pv, first, n_prefix, key, value, 0.3, window)
+    token = _ACTIVE.set(_SharedPrefix({0: (pk.to(dtype), pv.to(dtype), first)}, n_prefix))
+    try:
+        got, weights = shared_prefix_attention(SimpleNamespace(layer_idx=0), query.to(dtype), key.to(dtype),
+                                               value.to(dtype), None, scaling=0.3, sliding_window=window)
+    finally:
+        _ACTIVE.reset(token)
+    assert weights is None and got.dtype == dtype and got.shape == (b, q, h, d)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+
+
+def test_shared_prefix_attention_only_inside_prefix_states(tiny4):
+    """Outside prefix_states the attention function refuses to run, and prefix_states gives the model its own
+    attention implementation back, also when a query pass fails."""
+    from types import SimpleNamespace
+
+    from cgar_src.lm.prefix import shared_prefix_attention
+
+    x = torch.zeros(1, 2, 1, 4)
+    with pytest.raises(RuntimeError, match="inside prefix_states"):
+        shared_prefix_attention(SimpleNamespace(layer_idx=0), x, x[:, :1], x[:, :1], None, scaling=1.0)
+    own = tiny4.model.config._attn_implementation
+    prefix_states(tiny4, PREFIX, QUERIES[:3], batch_size=2)
+    assert tiny4.model.config._attn_implementation == own
+
+    def fail(*args, **kwargs):
+        raise KeyError("a failing query pass")
+
+    real = tiny4.model.base_model.forward
+    calls = []
+
+    def second_call_fails(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs) if len(calls) == 1 else fail()
+
+    tiny4.model.base_model.forward = second_call_fails
+    try:
+        with pytest.raises(KeyError, match="failing"):
+            prefix_states(tiny4, PREFIX, QUERIES[:3], batch_size=2)
+    finally:
+        del tiny4.model.base_model.forward
+    assert len(calls) == 2 and tiny4.model.config._attn_implementation == own

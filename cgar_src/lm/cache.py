@@ -32,7 +32,8 @@ CHUNK_SIZE = 64  # prompts per cache file; each chunk is one call of hidden_stat
 #: so large chunks keep the prefix's cost amortised (TREC's 500 test questions are one chunk)
 PREFIX_CHUNK_SIZE = 512
 #: the float path of :func:`cached_prefix_states`, part of its key
-PREFIX_ENGINE = "prefix_states: the prefix's keys and values computed once per chunk, then the queries' own tokens"
+PREFIX_ENGINE = ("prefix_states: the prefix's keys and values computed once per chunk, then the queries' own tokens "
+                 "attending to them through shared_prefix_attention")
 CHUNK_SUFFIX = ".safetensors"  # chunk files; the old pickled ".pt" chunks are never read
 STATE_CACHE_ENV = "CGAR_STATE_CACHE"  # environment variable: the state cache's folder, apart from the converted models
 

@@ -3,7 +3,7 @@ r"""One prefix, many queries: the demonstrations' keys and values computed once 
 For prompts :math:`p_i = s \Vert q_i` sharing a prefix :math:`s` (the demonstrations), causal attention makes the
 keys and values of the prefix's tokens independent of what follows them, so the residual states of :math:`q_i`'s
 tokens are a function of :math:`(K_s, V_s)` and :math:`q_i` alone. :func:`prefix_states` runs the prefix once with a
-key/value cache, expands that cache over each batch of queries, and runs only the queries' own tokens at positions
+key/value cache, keeps that cache for every batch of queries, and runs only the queries' own tokens at positions
 :math:`|s|, |s|+1, \dots`. It returns what :func:`cgar_src.lm.states.hidden_states` returns for the full prompts
 (last-token residual states of every layer, L+1 entries, entry L the final norm's input; module docstring of
 ``states``), up to float summation order (tested to 1e-4 in float32 on Llama, Qwen2, GPT-2 and Gemma-3 configs).
@@ -17,13 +17,26 @@ runs at least one token). With ``strict=True``, anything short of the prefix's w
 otherwise the boundary tokens simply move to the queries (:attr:`PrefixStates.n_boundary`). The book's template
 split (``cgar_src.tasks.templates.Template.split``) ends the prefix with a label word, so nothing moves there.
 
-Padding. ``padding_side="right"`` (default): queries padded after their last token, no attention mask, the fused
-causal kernel; a query's real tokens never see the padding after them, and its last real token is read at its own
-length. ``padding_side="left"``: padding before the query's tokens, masked out by an explicit attention mask, with
-position ids counted over real tokens only, so every query's last real token sits in the last column; both give the
-same states (tested). Left padding is refused for models with sliding-window layers (Gemma-2/3, Mistral-style
-configs): their window counts key/value slots, so padding between the prefix and a query would push prefix keys
-out of the window.
+Attention over the shared prefix. With ``padding_side="right"`` (default) the prefix's keys and values are never
+copied per query: each layer's attention runs :func:`shared_prefix_attention` (registered with transformers'
+``AttentionInterface`` for the query passes only), which scores every query row of the batch against the one stored
+prefix :math:`(K_s, V_s)` in a single matrix product (the batch folded into the rows) and against the batch's own
+keys under the causal mask, then normalises both parts together:
+
+.. math:: o_i = \frac{\sum_{t \in s} e^{q_i\cdot k_t/\sqrt{d}}\, v_t + \sum_{j \le i} e^{q_i\cdot k_j/\sqrt{d}}\, v_j}
+          {\sum_{t \in s} e^{q_i\cdot k_t/\sqrt{d}} + \sum_{j \le i} e^{q_i\cdot k_j/\sqrt{d}}},
+
+exactly causal attention over prefix + query (a sliding window, where the layer has one, restricts both sums to the
+last W positions). Expanding the prefix's cache over a batch instead (``Cache.batch_repeat_interleave``) copies
+:math:`B\,|s|` keys and values per layer, twice; on a CPU that copy and the attention over it took 43 % of a TREC
+4-shot pass (``benchmarks/bench_prefix.py``).
+
+Padding. ``padding_side="right"`` (default): queries padded after their last token, no attention mask; a query's real
+tokens never see the padding after them, and its last real token is read at its own length. ``padding_side="left"``:
+padding before the query's tokens, masked out by an explicit attention mask, with position ids counted over real
+tokens only, so every query's last real token sits in the last column; both give the same states (tested); it
+expands the prefix's cache over each batch (the model's own attention kernel with the mask). Left padding is refused for models with sliding-window layers (Gemma-2/3, Mistral-style configs): their window
+counts key/value slots, so padding between the prefix and a query would push prefix keys out of the window.
 
 Book: the transformer chapters read these states (chapter 07 onwards), through
 :func:`cgar_src.lm.cache.cached_prefix_states` and ``cgar_src.tasks.icl`` (one demonstration set's keys and values
@@ -32,6 +45,8 @@ shared by all queries and by its content-free prompt).
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -42,9 +57,25 @@ from .model import LoadedModel
 from .states import OOM_ERRORS, batch_budget, check_lengths, common_prefix, length_batches, pack_right, split_batch
 from .unembed import final_norm
 
-__all__ = ["PrefixStates", "PADDING_SIDES", "shared_prefix_tokens", "prefix_states"]
+__all__ = ["PrefixStates", "PADDING_SIDES", "ATTENTION", "shared_prefix_tokens", "shared_prefix_attention",
+           "prefix_states"]
 
 PADDING_SIDES = ("right", "left")
+
+#: the name :func:`shared_prefix_attention` is registered under in transformers' ``AttentionInterface``
+ATTENTION = "cgar_shared_prefix"
+
+
+@dataclass(frozen=True)
+class _SharedPrefix:
+    """One prefix's keys and values per layer, ``layer -> (K (h_kv, n, d), V (h_kv, n, d_v), position of K[:, 0])``
+    (a sliding-window layer stores only its last keys), and the prefix's length: the queries' first position."""
+
+    layers: dict[int, tuple[torch.Tensor, torch.Tensor, int]]
+    length: int
+
+
+_ACTIVE: ContextVar[_SharedPrefix | None] = ContextVar("cgar_shared_prefix", default=None)
 
 
 @dataclass
@@ -106,6 +137,76 @@ def shared_prefix_tokens(tokenizer, prefix: str, queries: list[str], *,
     return full[0][:n], [ids[n:] for ids in full], len(alone)
 
 
+def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
+                            sliding_window: int | None = None, softcap: float | None = None,
+                            **kwargs) -> tuple[torch.Tensor, None]:
+    r"""Causal attention of a batch of right-padded queries over one shared prefix plus their own tokens (module
+    docstring): ``query (B, H, q, d)``, the queries' own ``key``/``value (B, H_kv, q, d)``; the prefix's keys and
+    values come from the active shared prefix (set by :func:`prefix_states`), indexed by ``module.layer_idx``.
+    Scores over the prefix are one ``bmm`` per key/value head with the batch folded into the rows (no copy of the
+    prefix per query); scores, softmax (one shared maximum over both parts) and the weighted sum run in float32, also
+    for a bfloat16 model (as the fused CPU kernel accumulates). A sliding window W keeps
+    the keys at positions :math:`> p - W` for a query at position p (transformers' ``sliding_window_overlay``).
+    Returns ``(output (B, q, H, d_v), None)``, the layout of transformers' attention functions."""
+    prefix = _ACTIVE.get()
+    if prefix is None:
+        raise RuntimeError(f"{ATTENTION} attention runs only inside prefix_states (no shared prefix is active)")
+    if softcap is not None or attention_mask is not None:
+        raise ValueError(f"{ATTENTION}: attention logit soft-capping and explicit masks are not supported")
+    pk, pv, first = prefix.layers[module.layer_idx]
+    b, h, q, d = query.shape
+    hkv, n, dv = pk.shape[0], pk.shape[1], pv.shape[-1]
+    g = h // hkv
+    dev = query.device
+    work = torch.promote_types(query.dtype, torch.float32)      # bfloat16 models: scores and softmax in float32
+    pk, pv, key, value = pk.to(work), pv.to(work), key.to(work), value.to(work)
+    # rows (h_kv, b, g, q) against the prefix's n keys and the batch's own q keys
+    qg = query.to(work).reshape(b, hkv, g * q, d)
+    s_pre = torch.bmm(qg.transpose(0, 1).reshape(hkv, b * g * q, d), pk.transpose(1, 2))
+    s_pre = s_pre.view(hkv, b, g, q, n).mul_(scaling)
+    s_own = torch.matmul(qg, key.transpose(-1, -2)).view(b, hkv, g, q, q).transpose(0, 1).mul_(scaling)
+    i = torch.arange(q, device=dev)
+    hidden_own = i[None, :] > i[:, None]                                    # key j after query i
+    if sliding_window is not None:
+        hidden_own |= i[None, :] <= i[:, None] - sliding_window
+        key_pos = first + torch.arange(n, device=dev)
+        hidden_pre = key_pos[None, :] <= (prefix.length + i)[:, None] - sliding_window
+        s_pre.masked_fill_(hidden_pre, float("-inf"))
+    s_own.masked_fill_(hidden_own, float("-inf"))
+    top = torch.maximum(s_pre.amax(-1), s_own.amax(-1)).unsqueeze(-1)       # finite: each query sees itself
+    e_pre, e_own = s_pre.sub_(top).exp_(), s_own.sub_(top).exp_()
+    z = (e_pre.sum(-1) + e_own.sum(-1)).unsqueeze(-1)
+    out = torch.bmm(e_pre.view(hkv, b * g * q, n), pv).view(hkv, b, g, q, dv)
+    out = out.add_(torch.matmul(e_own, value.transpose(0, 1).unsqueeze(2))).div_(z).to(query.dtype)
+    return out.permute(1, 3, 0, 2, 4).reshape(b, q, h, dv), None
+
+
+@contextmanager
+def _shared_prefix_attention(model, cache, n_prefix: int):
+    """Within the block the model's attention is :func:`shared_prefix_attention` over ``cache``'s keys and values
+    (one row each), and its own implementation again after."""
+    from transformers import AttentionInterface
+
+    if ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION, shared_prefix_attention)
+    layers = {}
+    for i, layer in enumerate(cache.layers):
+        work = torch.promote_types(layer.keys.dtype, torch.float32)
+        keys, values = layer.keys[0].to(work), layer.values[0].to(work)
+        layers[i] = (keys, values, n_prefix - keys.shape[1])
+    own = model.config._attn_implementation
+    model.set_attn_implementation(ATTENTION)
+    if model.config._attn_implementation != ATTENTION:
+        raise ValueError(f"{type(model).__name__} cannot switch its attention implementation; use padding_side='left'")
+    token = _ACTIVE.set(_SharedPrefix(layers, n_prefix))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+        model.set_attn_implementation(own)
+
+
 def _sliding_layers(model) -> bool:
     """True when the model's key/value cache has sliding-window layers (read from an empty ``DynamicCache`` built
     from the config, the same dispatch the forward pass uses)."""
@@ -132,8 +233,9 @@ def prefix_states(lm: LoadedModel, prefix: str, queries: list[str], *, batch_siz
     """Last-token residual states of every layer of the prompts ``prefix + q`` for each q in ``queries``, with the
     prefix forwarded once (module docstring). Queries are batched as in ``hidden_states``
     (``states.length_batches``: by length, at most ``batch_size`` queries and ``max_batch_tokens`` padded query
-    tokens a batch, default ``lm.max_batch_tokens``); each batch gets the prefix's key/value cache repeated over its
-    rows (``Cache.batch_repeat_interleave`` of a copy: sliding-window layers keep their own bookkeeping). On an
+    tokens a batch, default ``lm.max_batch_tokens``). With right padding every batch attends to the one stored
+    prefix through :func:`shared_prefix_attention`; with left padding each batch gets the prefix's key/value cache
+    repeated over its rows (``Cache.batch_repeat_interleave`` of a copy) and the model's own attention. On an
     accelerator's out-of-memory error a batch is split in two and retried, down to one query. The full prompts must
     fit the model's context window (checked before any forward pass)."""
     if padding_side not in PADDING_SIDES:
@@ -160,11 +262,15 @@ def prefix_states(lm: LoadedModel, prefix: str, queries: list[str], *, batch_siz
     out = torch.empty(len(queries), lm.n_layers + 1, model.config.hidden_size)
     result = PrefixStates(out, list(shared), rest, n_alone, padding_side=padding_side)
     bar = tqdm(total=len(queries), desc="query passes", disable=not progress, unit="query")
+    stack, shared_attention = ExitStack(), False
     try:
         cache = None
         if n_shared:
             current["rows"], current["last"] = torch.zeros(1, dtype=torch.long), torch.tensor([n_shared - 1])
             cache = model.base_model(input_ids=torch.tensor([shared], device=device), use_cache=True).past_key_values
+            if padding_side == "right":
+                stack.enter_context(_shared_prefix_attention(model, cache, n_shared))
+                shared_attention = True
         pending = [pack_right([rest[i] for i in idx], idx, pad) if padding_side == "right"
                    else _left_pack([rest[i] for i in idx], idx, pad)
                    for idx in length_batches([len(r) for r in rest], batch_size, budget)]
@@ -175,6 +281,8 @@ def prefix_states(lm: LoadedModel, prefix: str, queries: list[str], *, batch_siz
             kwargs: dict = {}
             if padding_side == "right":
                 last = aux                                          # each query's last real column
+                if shared_attention:
+                    kwargs["position_ids"] = torch.arange(n_shared, n_shared + width, device=device).expand(b, -1)
             else:
                 last = torch.full((b,), width - 1, dtype=torch.long)
                 kwargs["attention_mask"] = torch.cat([torch.ones(b, n_shared, dtype=torch.long), aux], 1).to(device)
@@ -182,7 +290,7 @@ def prefix_states(lm: LoadedModel, prefix: str, queries: list[str], *, batch_siz
             current["rows"], current["last"] = torch.arange(b), last
             captured.clear()
             past = None
-            if cache is not None:
+            if cache is not None and not shared_attention:
                 past = copy.deepcopy(cache)
                 past.batch_repeat_interleave(b)
             try:
@@ -211,6 +319,7 @@ def prefix_states(lm: LoadedModel, prefix: str, queries: list[str], *, batch_siz
             del res, past
             bar.update(b)
     finally:
+        stack.close()
         bar.close()
         hook.remove()
     return result
