@@ -147,13 +147,14 @@ def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     Scores over the prefix are one ``bmm`` per key/value head with the batch folded into the rows (no copy of the
     prefix per query); scores, softmax (one shared maximum over both parts) and the weighted sum run in float32, also
     for a bfloat16 model (as the fused CPU kernel accumulates). A sliding window W keeps
-    the keys at positions :math:`> p - W` for a query at position p (transformers' ``sliding_window_overlay``).
+    the keys at positions :math:`> p - W` for a query at position p (transformers' ``sliding_window_overlay``);
+    ``softcap`` c (Gemma 2) maps every score s to :math:`c \tanh(s / c)` before the softmax.
     Returns ``(output (B, q, H, d_v), None)``, the layout of transformers' attention functions."""
     prefix = _ACTIVE.get()
     if prefix is None:
         raise RuntimeError(f"{ATTENTION} attention runs only inside prefix_states (no shared prefix is active)")
-    if softcap is not None or attention_mask is not None:
-        raise ValueError(f"{ATTENTION}: attention logit soft-capping and explicit masks are not supported")
+    if attention_mask is not None:
+        raise ValueError(f"{ATTENTION}: explicit attention masks are not supported (right padding needs none)")
     pk, pv, first = prefix.layers[module.layer_idx]
     b, h, q, d = query.shape
     hkv, n, dv = pk.shape[0], pk.shape[1], pv.shape[-1]
@@ -166,6 +167,9 @@ def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     s_pre = torch.bmm(qg.transpose(0, 1).reshape(hkv, b * g * q, d), pk.transpose(1, 2))
     s_pre = s_pre.view(hkv, b, g, q, n).mul_(scaling)
     s_own = torch.matmul(qg, key.transpose(-1, -2)).view(b, hkv, g, q, q).transpose(0, 1).mul_(scaling)
+    if softcap is not None:                                  # Gemma 2: c tanh(s / c) on every score
+        s_pre = s_pre.div_(softcap).tanh_().mul_(softcap)
+        s_own = s_own.div_(softcap).tanh_().mul_(softcap)
     i = torch.arange(q, device=dev)
     hidden_own = i[None, :] > i[:, None]                                    # key j after query i
     if sliding_window is not None:
