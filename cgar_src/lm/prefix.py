@@ -35,8 +35,9 @@ Padding. ``padding_side="right"`` (default): queries padded after their last tok
 tokens never see the padding after them, and its last real token is read at its own length. ``padding_side="left"``:
 padding before the query's tokens, masked out by an explicit attention mask, with position ids counted over real
 tokens only, so every query's last real token sits in the last column; both give the same states (tested); it
-expands the prefix's cache over each batch (the model's own attention kernel with the mask). Left padding is refused for models with sliding-window layers (Gemma-2/3, Mistral-style configs): their window
-counts key/value slots, so padding between the prefix and a query would push prefix keys out of the window.
+expands the prefix's cache over each batch (the model's own attention kernel with the mask). Left padding is
+refused for models with sliding-window layers (Gemma-2/3, Mistral-style configs): their window counts key/value
+slots, so padding between the prefix and a query would push prefix keys out of the window.
 
 Book: the transformer chapters read these states (chapter 07 onwards), through
 :func:`cgar_src.lm.cache.cached_prefix_states` and ``cgar_src.tasks.icl`` (one demonstration set's keys and values
@@ -161,7 +162,7 @@ def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     g = h // hkv
     dev = query.device
     work = torch.promote_types(query.dtype, torch.float32)      # bfloat16 models: scores and softmax in float32
-    pk, pv, key, value = pk.to(work), pv.to(work), key.to(work), value.to(work)
+    pk, pv, key, value = pk.to(work), pv.to(work), key.to(work), value.to(work)   # no copy when already `work`
     # rows (h_kv, b, g, q) against the prefix's n keys and the batch's own q keys
     qg = query.to(work).reshape(b, hkv, g * q, d)
     s_pre = torch.bmm(qg.transpose(0, 1).reshape(hkv, b * g * q, d), pk.transpose(1, 2))
