@@ -2,7 +2,7 @@ r"""How far every verdict moves when the language model runs in bfloat16 instead
 
 Two modes, chosen by what the two paths hold.
 
-**Bundles** (two ``.parquet`` result bundles, e.g. the stored bfloat16 ``bundles/robust`` and a float32 run of the
+**Bundles** (two ``.parquet`` result bundles, e.g. the stored bfloat16 ``bundles/robust_reduced`` and a float32 run of the
 same configurations): every claim of the robustness chapter (:data:`cgar_src.analysis.robustness.CLAIMS`) is
 tested in every cell both bundles share (:func:`cgar_src.analysis.robustness.cell_tests`), and the script counts
 the cells whose verdict (holds, reversed, neither) is the same, prints those that move, and the largest change of
@@ -10,7 +10,7 @@ an effect size. The last line reads ``cell verdicts unchanged: A of B; same dire
 
     python -m cgar_src.book.run --profile robust --set bundle=/tmp/robust_fp32 --set dtype=float32 \
         --set "models=[smollm2-135m-instruct]" --set "templates=[book]" --set "seeds=[0, 1, 2]" --set max_queries=100
-    python benchmarks/bench_bf16_verdicts.py /tmp/robust_fp32.parquet bundles/robust.parquet
+    python benchmarks/bench_bf16_verdicts.py /tmp/robust_fp32.parquet bundles/robust_reduced.parquet
 
 **Chapter results** (two results folders): the transformer chapters run twice under one profile (default ``cpu``, the book's own parameters), once in float32
 (the book's default) and once with ``--set dtype=bfloat16`` (AMX or AVX512-BF16 CPUs; the logit lens stays float32),

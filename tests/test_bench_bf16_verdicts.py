@@ -38,7 +38,7 @@ def test_a_moved_decision_is_counted(bench, tmp_path, capsys):
 def test_bundle_mode_on_the_stored_bundle_against_itself(bench, capsys):
     """The stored bundle compared with itself: every cell's verdict and direction agree and no effect moves; the
     last line is the one the docstring promises."""
-    stored = ROOT / "bundles" / "robust.parquet"
+    stored = ROOT / "bundles" / "robust_reduced.parquet"
     out = bench.main([str(stored), str(stored)])
     assert out["n_cells"] > 0 and out["same_verdict"] == out["n_cells"] == out["same_direction"]
     assert out["max_abs_diff_change"] == 0 and out["moved"] == []

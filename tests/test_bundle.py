@@ -91,6 +91,9 @@ def test_tiny_bundle_rows_follow_from_the_states(tiny, tmp_path):
         assert (part["pred_calibrated"].to_numpy() == (z - np.stack(part["zcf"].to_numpy())).argmax(-1)).all()
     assert set(df["pred_full"]) <= {-1, 0, 1, 2, 3, 4, 5}
     assert (df["mass_4"] >= 0).all() and (df["mass_4"] <= 1).all() and (df["neff_4"] >= 1).all()
+    # format 2: logit vectors at the last layer only, the answers below it
+    assert {"z_2", "z_3"}.isdisjoint(table.column_names) and {"pred_label_2", "pred_label_3"} <= set(df)
+    assert "pred_label_4" not in df and side["parameters"]["format"] == B.BUNDLE_FORMAT == "cgar-bundle-2"
     # the rows of one configuration are its states decoded by the lens
     cfg = cfgs[1]
     st = shared_task_states(tiny, cfg.dataset, n_queries=6, shots=cfg.shots, seed=cfg.seed, template=cfg.template,
@@ -104,6 +107,8 @@ def test_tiny_bundle_rows_follow_from_the_states(tiny, tmp_path):
     dec = decode_stats(Unembed(tiny.model, float32=True), st.h[:, -1], st.label_ids)
     np.testing.assert_allclose(np.stack(rows["z_4"].to_numpy()), dec.label_logits.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(rows["neff_4"].to_numpy(np.float64), dec.n_eff.numpy(), rtol=2e-3)
+    low = decode_stats(Unembed(tiny.model, float32=True), st.h[:, 3], st.label_ids)
+    assert (rows["pred_label_3"].to_numpy() == low.label_logits.argmax(-1).numpy()).all()
     # recomputed from scratch, the stored bundle agrees; a tampered row does not
     reports = B.verify_bundle(tmp_path / "b", lambda m, dt: tiny, n_configs=3, cache_root=tmp_path / "fresh")
     assert len(reports) == 3 and all(r["rows_compared"] == 6 for r in reports)
@@ -200,3 +205,64 @@ def test_stored_bundle_recomputes_from_scratch(tmp_path):
         reports = B.verify_bundle(path, lambda m, dt: load_model(m, dtype=dt), n_configs=2,
                                   cache_root=tmp_path / path.stem)
         assert reports and all(r["rows_compared"] > 0 for r in reports)
+
+
+@pytest.fixture(scope="module")
+def tiny6(tiny):
+    """A second tiny random Llama with 6 layers (stored layers 3, 4, 5, 6): its layer 4 is the first model's last."""
+    torch.manual_seed(1)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tiny.tokenizer), max_position_embeddings=2048)
+    return LoadedModel(model=LlamaForCausalLM(cfg).eval(), tokenizer=tiny.tokenizer, model_id="tiny-six",
+                       revision="none", dtype="float32")
+
+
+def _two(path, cache, models, loaded, **kw):
+    return B.write_bundle(path, models=models, datasets=["trec"], templates=["book"], seeds=[0], shots=[0, 1],
+                          label_modes=["true", "random"], max_queries=5, batch_size=4,
+                          load=lambda m: loaded[m], cache_root=cache, progress=False, **kw)
+
+
+def _sorted_rows(table):
+    return sorted((tuple(sorted(r.items())) for r in table.to_pylist()), key=repr)
+
+
+def test_format1_converts_exactly_and_parts_merge(tiny, tiny6, tmp_path, monkeypatch):
+    loaded = {"tiny-llama": tiny, "tiny-six": tiny6}
+    both = ["tiny-llama", "tiny-six"]
+    direct = _two(tmp_path / "direct", tmp_path / "cache", both, loaded)
+    t2, _ = B.read_bundle(tmp_path / "direct")
+    assert {"z_4", "z_6", "pred_label_4"} <= set(t2.column_names) and "z_3" not in t2.column_names
+    z4 = t2.column("z_4").to_pylist()
+    assert all((v is None) == (m == "tiny-six") for v, m in zip(z4, t2.column("model").to_pylist()))
+    # a format 1 file of the same rows (every layer's logits), converted in place, equals the direct file
+    with monkeypatch.context() as mp:
+        mp.setattr(B, "BUNDLE_FORMAT", "cgar-bundle-1")
+        mp.setattr(B, "stored_columns", lambda cols: {k: v for k, v in cols.items() if "pred_label_" not in k})
+        old = _two(tmp_path / "old", tmp_path / "cache", both, loaded)
+    t1, _ = B.read_bundle(tmp_path / "old")
+    assert old["parameters"]["format"] == "cgar-bundle-1" and "z_3" in t1.column_names
+    with pytest.raises(ValueError, match="format"):
+        B.verify_bundle(tmp_path / "old", lambda m, dt: loaded[m], n_configs=1, cache_root=tmp_path / "v0")
+    with pytest.raises(ValueError, match="other parameters"):      # a format 1 file never resumes as format 2
+        _two(tmp_path / "old", tmp_path / "cache", both, loaded)
+    conv = B.convert_format1(tmp_path / "old")
+    t1, _ = B.read_bundle(tmp_path / "old")
+    assert conv["parameters"]["format"] == B.BUNDLE_FORMAT and conv["converted"]["from"] == "cgar-bundle-1"
+    assert sorted(t1.column_names) == sorted(t2.column_names) and _sorted_rows(t1) == _sorted_rows(t2)
+    with pytest.raises(ValueError, match="cgar-bundle-1"):
+        B.convert_format1(tmp_path / "old")
+    # one process per model, merged: the same rows as one run of both, and it verifies from scratch
+    for m in both:
+        _two(tmp_path / m, tmp_path / "cache", [m], loaded)
+    merged = B.merge_bundles(tmp_path / "merged", [tmp_path / m for m in both])
+    tm, _ = B.read_bundle(tmp_path / "merged")
+    assert merged["parameters"]["models"] == both and len(merged["parts"]) == 2
+    assert merged["file"]["rows"] == direct["file"]["rows"] and _sorted_rows(tm) == _sorted_rows(t2)
+    reports = B.verify_bundle(tmp_path / "merged", lambda m, dt: loaded[m], n_configs=10, cache_root=tmp_path / "v1")
+    assert {r["config"].split("|")[0] for r in reports} == set(both)
+    with pytest.raises(ValueError, match="share a configuration"):
+        B.merge_bundles(tmp_path / "twice", [tmp_path / "tiny-llama", tmp_path / "tiny-llama"])
+    _two(tmp_path / "q4", tmp_path / "cache", ["tiny-six"], loaded, query_seed=4)
+    with pytest.raises(ValueError, match="query_seed"):
+        B.merge_bundles(tmp_path / "mixed", [tmp_path / "tiny-llama", tmp_path / "q4"])

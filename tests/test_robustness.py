@@ -10,7 +10,7 @@ from cgar_src.analysis import robustness as rb
 from cgar_src.book.bundle import bundle_frame
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "robust.parquet"
+BUNDLE = ROOT / "bundles" / "robust_reduced.parquet"
 N = 40          # queries per configuration
 HOLDING = {("t0", 0), ("t0", 1), ("t1", 0), ("t2", 2)}   # the cells where k-shot beats zero-shot: 4 of 6
 

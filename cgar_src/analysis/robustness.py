@@ -341,7 +341,7 @@ def plot_shares(table, *, alpha: float = 0.05):
     datasets, models = list(dict.fromkeys(table["dataset"])), sorted(table["model"].unique())
     colors = dict(zip(models, plt.cm.tab10(np.arange(len(models)))))
     offset = dict(zip(models, np.linspace(-0.18, 0.18, len(models)) if len(models) > 1 else [0.0]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets) + 3.5, 0.32 * len(keys) + 1.8),
+    fig, axes = plt.subplots(1, len(datasets), figsize=(2.5 * len(datasets) + 3.7, 0.3 * len(keys) + 2.0),
                              sharey=True, squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         t = table[table["dataset"] == ds]
@@ -357,7 +357,7 @@ def plot_shares(table, *, alpha: float = 0.05):
         ax.set_xlim(-0.04, 1.04)
         ax.set_title(ds)
         ax.set_xlabel("share of (template, seed) cells")
-    axes[0, 0].set_yticks(range(len(keys)), [f"{titles.get(c, c)}, k = {k}" for c, k in keys], fontsize=8)
+    axes[0, 0].set_yticks(range(len(keys)), [f"{titles.get(c, c)}, k = {k}" for c, k in keys], fontsize=9)
     axes[0, 0].set_ylim(len(keys) - 0.5, -0.5)
     axes[0, 0].set_ylabel("claim, shots per class k")
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -366,8 +366,8 @@ def plot_shares(table, *, alpha: float = 0.05):
                 plt.Line2D([], [], color="grey", ls=":")]
     labels += [f"holds (exact test, p < {alpha:g}, claimed direction)", "points the claimed way",
                f"alpha/2 = {alpha / 2:g}"]
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07 + 0.02 * (len(labels) > 3), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 + 0.025 * (len(labels) > 3), 1, 1))
     return fig
 
 

@@ -12,12 +12,19 @@ A *configuration* is (model, dataset, template, seed, shots, label mode); its qu
   ``pred_majority``, the demonstration pool's majority class (:func:`~cgar_src.analysis.baselines.majority_class`
   of the demonstration split's labels);
 - per layer l of :data:`LAYER_FRACTIONS` (fixed before looking at any result: round(f L) of the L+1 residual
-  states, L being the final norm's input): ``z_<l>``, the label-restricted logits :math:`z_y = (W_U\,\mathrm{Norm}(h))
-  _{t_y}` (a list, one per label word, float32), ``mass_<l>``, the lens' probability mass on the label tokens, and
+  states, L being the final norm's input): ``mass_<l>``, the lens' probability mass on the label tokens, and
   ``neff_<l>``, :math:`N_{eff} = \exp H(\mathrm{softmax}(W_U\,\mathrm{Norm}(h)))`, both as
   :func:`cgar_src.analysis.lens.decode_stats` computes them (the book's definitions, chapter ``07_memory_collapse``),
-  stored as float16;
-- ``zcf``: the content-free prompt's label logits at the last layer (the same for every row of a configuration).
+  stored as float16; below the last layer also ``pred_label_<l>``, that layer's label-restricted answer
+  :math:`\arg\max_y z_y`;
+- ``z_<L>``: the last layer's label-restricted logits :math:`z_y = (W_U\,\mathrm{Norm}(h_L))_{t_y}` (a list, one per
+  label word, float32); ``zcf``: the content-free prompt's label logits at the last layer (the same for every row of
+  a configuration).
+
+Format ``cgar-bundle-2`` (:data:`BUNDLE_FORMAT`) stores the logit vectors at the last layer only: float32 logits do
+not compress (4 bytes each), and at every stored layer they were 85 % of the file, about 29 MB of the full-size
+run's 500 000 rows. The per-layer answers they served are kept as ``pred_label_<l>``. Format 1 files are converted
+exactly by :func:`convert_format1` (each ``pred_label_<l>`` is the argmax of the stored ``z_<l>``).
 
 The lens is float32 (``Unembed(model, float32=True)``) whatever the model's dtype. The file is parquet (zstd), with a
 JSON sidecar beside it: the parameters, each model's id, revision, dtype and layers, the code version (package
@@ -55,14 +62,14 @@ from ..tasks.templates import get_template
 from ..threads import torch_threads
 
 __all__ = ["Config", "configurations", "bundle_layers", "configuration_rows", "write_bundle", "read_bundle",
-           "verify_bundle", "bundle_frame", "code_version", "file_sha256", "estimate_run", "LAYER_FRACTIONS", "CONFIG_COLUMNS",
+           "verify_bundle", "bundle_frame", "stored_columns", "convert_format1", "merge_bundles", "code_version", "file_sha256", "estimate_run", "LAYER_FRACTIONS", "CONFIG_COLUMNS",
            "BUNDLE_FORMAT"]
 
 #: depth fractions of the stored layers, fixed before any result was seen; the last layer (1.0) is always stored
 LAYER_FRACTIONS = (0.5, 0.67, 0.83, 1.0)
-BUNDLE_FORMAT = "cgar-bundle-1"
+BUNDLE_FORMAT = "cgar-bundle-2"
 #: parameters that determine the rows: a bundle resumes only under the same values
-ROW_PARAMETERS = ("max_queries", "query_seed", "dtype", "layer_fractions", "batch_size", "max_batch_tokens")
+ROW_PARAMETERS = ("format", "max_queries", "query_seed", "dtype", "layer_fractions", "batch_size", "max_batch_tokens")
 
 
 @dataclass(frozen=True, order=True)
@@ -137,7 +144,8 @@ def configuration_rows(lm: LoadedModel, unembed: Unembed, cfg: Config, *, max_qu
                        query_seed: int = 0, batch_size: int = 8, max_batch_tokens: int | None = None,
                        cache_root=None, root=None, progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """The rows of one configuration (module docstring) as columns, and its record for the sidecar (demonstration
-    set, tokens forwarded, seconds). ``max_queries``: the queries are ``min(max_queries, size of the query split)``
+    set, tokens forwarded, seconds). The columns hold ``z_<l>`` at every stored layer (``verify_bundle`` needs the
+    margins); :func:`stored_columns` drops those below the last layer before a file is written. ``max_queries``: the queries are ``min(max_queries, size of the query split)``
     rows sampled with ``query_seed`` (all of TREC's 500 and SST-2's 872 at 1000)."""
     if cfg.model != lm.model_id:
         raise ValueError(f"cfg.model {cfg.model!r} is not the loaded model {lm.model_id!r}")
@@ -171,6 +179,8 @@ def configuration_rows(lm: LoadedModel, unembed: Unembed, cfg: Config, *, max_qu
         cols[f"z_{layer}"] = dec.label_logits[:, j].numpy().astype(np.float32)
         cols[f"mass_{layer}"] = dec.label_mass[:, j].numpy().astype(np.float16)
         cols[f"neff_{layer}"] = dec.n_eff[:, j].numpy().astype(np.float16)
+        if layer != layers[-1]:
+            cols[f"pred_label_{layer}"] = dec.label_logits[:, j].argmax(-1).numpy().astype(np.int8)
     cols["zcf"] = np.repeat(z_cf.numpy().astype(np.float32)[None], q, axis=0)
     ds = st.demo_set
     record = {"key": cfg.key(), **asdict(cfg), "n_queries": q, "demo_set_key": ds.key(), "demo_rows": list(ds.order),
@@ -181,8 +191,16 @@ def configuration_rows(lm: LoadedModel, unembed: Unembed, cfg: Config, *, max_qu
     return cols, record
 
 
+def stored_columns(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The columns a file stores (format ``cgar-bundle-2``): all but the logit vectors ``z_<l>`` of the layers below
+    the last, which are kept as their answers ``pred_label_<l>``."""
+    return {k: v for k, v in cols.items() if not (k.startswith("z_") and f"pred_label_{k[2:]}" in cols)}
+
+
 def _table(cfg: Config, cols: dict[str, np.ndarray]):
     import pyarrow as pa
+
+    cols = stored_columns(cols)
 
     q = len(cols["query"])
     arrays = {"model": pa.array([cfg.model] * q).dictionary_encode(),
@@ -208,8 +226,8 @@ def read_bundle(path: str | Path):
 
 
 def bundle_frame(path: str | Path):
-    """The bundle's rows as a pandas DataFrame (configuration columns, predictions, ``mass_<l>`` and ``neff_<l>``;
-    the logit vectors are not read) and its sidecar. ``path``: the ``.parquet`` file or the stem. A missing file
+    """The bundle's rows as a pandas DataFrame (configuration columns, predictions, ``mass_<l>``, ``neff_<l>`` and
+    ``pred_label_<l>``; the logit vectors are not read) and its sidecar. ``path``: the ``.parquet`` file or the stem. A missing file
     raises FileNotFoundError naming the command that writes it (:data:`cgar_src.analysis.robustness.ROBUST_COMMAND`)."""
     import pyarrow.parquet as pq
 
@@ -220,7 +238,7 @@ def bundle_frame(path: str | Path):
         raise FileNotFoundError(f"no bundle at {file}: write it with `python -m cgar_src.book.run --profile robust`")
     names = pq.read_schema(file).names
     table, side = read_bundle(file)
-    keep = [n for n in names if n in ROW_COLUMNS or re.fullmatch(r"(mass|neff)_\d+", n)]
+    keep = [n for n in names if n in ROW_COLUMNS or re.fullmatch(r"(mass|neff|pred_label)_\d+", n)]
     df = table.select(keep).to_pandas()
     for c in ("model", "dataset", "template", "label_mode"):
         df[c] = df[c].astype(str)
@@ -350,6 +368,9 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
     if side["file"]["sha256"] != file_sha256(Path(path).with_suffix(".parquet")):
         raise AssertionError(f"bundle {path}: the file's sha256 is not the sidecar's")
     p = side["parameters"]
+    if p.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"bundle {path} is format {p.get('format')!r}, not {BUNDLE_FORMAT!r}: convert a format 1 "
+                         "file with cgar_src.book.bundle.convert_format1")
     records = sorted(side["configurations"], key=lambda r: r["key"])
     rng = random.Random(int(side["file"]["sha256"][:8], 16) if seed is None else seed)
     picked = rng.sample(records, min(n_configs, len(records)))
@@ -382,14 +403,19 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
         zl = f"z_{side['models'][cfg.model]['layers'][-1]}"
         scale = float(np.abs(np.stack(cols[zl])).max())
         worst = {}
-        for name, new in cols.items():
+        present = {c for c in stored.column_names if c not in CONFIG_COLUMNS and stored.column(c).null_count < n}
+        missing = sorted(set(stored_columns(cols)) ^ present)     # another model's columns are null in these rows
+        if missing:
+            raise AssertionError(f"{cfg.key()}: the stored and the recomputed columns differ: {missing}")
+        for name, new in stored_columns(cols).items():
             old = stored.column(name).to_pylist()
             a = np.asarray([old[i] for i in rows], dtype=np.float64)
             b = np.asarray(new[rows], dtype=np.float64)
             if name.startswith("pred_") or name in ("query", "gold"):
                 bad = np.flatnonzero(a != b)
                 if name.startswith("pred_") and name != "pred_majority" and bad.size:
-                    z = np.asarray(cols[zl][rows], dtype=np.float64)
+                    at = f"z_{name.rsplit('_', 1)[1]}" if name.startswith("pred_label_") else zl
+                    z = np.asarray(cols[at][rows], dtype=np.float64)
                     if name == "pred_calibrated":
                         z = z - np.asarray(cols["zcf"][rows], dtype=np.float64)
                     top = np.sort(z, axis=-1)
@@ -411,6 +437,75 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
                 raise AssertionError(f"{cfg.key()}: column {name} differs by {err:.3g} > {limit:.3g}")
         reports.append({"config": cfg.key(), "rows_compared": len(rows), "worst": worst})
     return reports
+
+
+def convert_format1(path: str | Path) -> dict:
+    """Rewrite a ``cgar-bundle-1`` file (logit vectors ``z_<l>`` at every stored layer) as :data:`BUNDLE_FORMAT`
+    in place, atomically: each ``pred_label_<l>`` below the last layer is the argmax of the stored float32 ``z_<l>``
+    (first index on ties, as ``torch.argmax``), computed exactly as :func:`configuration_rows` computes it, and those
+    ``z_<l>`` are dropped. The sidecar records the conversion; its ``code_version`` stays that of the run that
+    computed the rows. Returns the new sidecar."""
+    import pyarrow as pa
+
+    table, side = read_bundle(path)
+    if side is None or side["parameters"].get("format") != "cgar-bundle-1":
+        raise ValueError(f"bundle {path} is not format 'cgar-bundle-1'")
+    if any(c.startswith("pred_label_") for c in table.column_names):
+        raise ValueError(f"bundle {path} already holds pred_label_<l> columns: not a format 1 file")
+    model = np.asarray(table.column("model").to_pylist())
+    below = {m: set(info["layers"][:-1]) for m, info in side["models"].items()}
+    for name in [c for c in table.column_names if re.fullmatch(r"z_\d+", c)]:
+        layer = int(name[2:])
+        rows = np.isin(model, [m for m, ls in below.items() if layer in ls])     # rows where layer is below the last
+        if not rows.any():
+            continue
+        z = table.column(name).to_pylist()
+        pred = np.array([np.argmax(v) if r else 0 for v, r in zip(z, rows)], dtype=np.int8)
+        table = table.append_column(f"pred_label_{layer}", pa.array(pred, mask=~rows))
+        keep = [None if r else v for v, r in zip(z, rows)]
+        if all(v is None for v in keep):
+            table = table.drop_columns([name])
+        else:
+            table = table.set_column(table.column_names.index(name), name,
+                                     pa.array(keep, type=table.schema.field(name).type))
+    side["parameters"]["format"] = BUNDLE_FORMAT
+    side["converted"] = {"from": "cgar-bundle-1", "by": "cgar_src.book.bundle.convert_format1",
+                         "code_version": code_version()}
+    _write(Path(path).with_suffix(".parquet"), table, side)
+    return side
+
+
+def merge_bundles(out: str | Path, parts: Sequence[str | Path]) -> dict:
+    """One bundle from bundles written apart (e.g. one process per model, each with its own ``--set models=[...]``
+    and ``--set bundle=...``): the row parameters (:data:`ROW_PARAMETERS`) and the lists other than ``models`` must
+    agree, no configuration may occur twice, and ``models`` becomes the parts' models in order. Rows and
+    configuration records are concatenated unchanged; the sidecar keeps each part's ``code_version`` under
+    ``parts``. Written atomically to ``out``. Returns its sidecar."""
+    import pyarrow as pa
+
+    if not parts:
+        raise ValueError("parts must name at least one bundle")
+    read = [read_bundle(p) for p in parts]
+    if any(side is None for _, side in read):
+        raise ValueError(f"every part needs its sidecar: {[str(p) for p, (_, s) in zip(parts, read) if s is None]}")
+    first = read[0][1]["parameters"]
+    for p, (_, side) in zip(parts, read):
+        q = side["parameters"]
+        clash = [k for k in sorted(set(first) | set(q)) if k != "models" and first.get(k) != q.get(k)]
+        if clash:
+            raise ValueError(f"bundle {p} was written with other parameters than {parts[0]}: {clash}")
+    keys = [r["key"] for _, side in read for r in side["configurations"]]
+    if len(keys) != len(set(keys)):
+        raise ValueError("parts must not share a configuration")
+    models = [m for _, side in read for m in side["parameters"]["models"]]
+    sidecar = {"parameters": {**first, "models": models}, "code_version": read[-1][1]["code_version"],
+               "parts": [{"name": Path(p).name, "code_version": side["code_version"], "sha256": side["file"]["sha256"]}
+                         for p, (_, side) in zip(parts, read)],
+               "models": {m: v for _, side in read for m, v in side["models"].items()},
+               "configurations": [r for _, side in read for r in side["configurations"]]}
+    table = pa.concat_tables([t for t, _ in read], promote_options="permissive")
+    _write(Path(out).with_suffix(".parquet"), table, sidecar)
+    return sidecar
 
 
 def estimate_run(sidecar: dict, *, full_queries: dict[str, int], n_configs_full: dict[tuple[str, str], int]

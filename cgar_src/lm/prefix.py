@@ -28,8 +28,8 @@ keys under the causal mask, then normalises both parts together:
 
 exactly causal attention over prefix + query (a sliding window, where the layer has one, restricts both sums to the
 last W positions). Expanding the prefix's cache over a batch instead (``Cache.batch_repeat_interleave``) copies
-:math:`B\,|s|` keys and values per layer, twice; on a CPU that copy and the attention over it took 43 % of a TREC
-4-shot pass (``benchmarks/bench_prefix.py``).
+:math:`B\,|s|` keys and values per layer, twice; scoring the one stored prefix instead made a 4-shot pass 1.56x
+faster on TREC and 1.34x on AG-News (one thread, batch 8, 200 queries, the two kernels interleaved, 2026-11-30).
 
 Padding. ``padding_side="right"`` (default): queries padded after their last token, no attention mask; a query's real
 tokens never see the padding after them, and its last real token is read at its own length. ``padding_side="left"``:
