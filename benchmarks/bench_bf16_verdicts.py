@@ -87,7 +87,8 @@ def compare_bundles(fp32: str | Path, bf16: str | Path, *, alpha: float = 0.05) 
     for name, path in (("fp32", fp32), ("bf16", bf16)):
         rows, side = bundle_frame(path)
         cells[name] = cell_tests(rows, alpha=alpha).set_index(keys)
-    both = cells["fp32"].join(cells["bf16"], how="inner", lsuffix="_fp32", rsuffix="_bf16")
+    both = cells["fp32"].merge(cells["bf16"], how="inner", left_index=True, right_index=True,
+                               suffixes=("_fp32", "_bf16"))
     if both.empty:
         raise ValueError(f"the bundles {fp32} and {bf16} share no cell")
     word = lambda h, r: "holds" if h else "reversed" if r else "neither"
