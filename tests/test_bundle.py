@@ -266,3 +266,16 @@ def test_format1_converts_exactly_and_parts_merge(tiny, tiny6, tmp_path, monkeyp
     _two(tmp_path / "q4", tmp_path / "cache", ["tiny-six"], loaded, query_seed=4)
     with pytest.raises(ValueError, match="query_seed"):
         B.merge_bundles(tmp_path / "mixed", [tmp_path / "tiny-llama", tmp_path / "q4"])
+
+
+def test_a_bundle_keeps_no_hidden_states_unless_asked(tiny, tmp_path, monkeypatch):
+    """Without ``cache_root`` each configuration's states live in a temporary folder: the state cache stays empty
+    (the full-size run's states would take about 30 GB), and the rows equal those computed through a cache."""
+    monkeypatch.setenv("CGAR_STATE_CACHE", str(tmp_path / "user-states"))
+    kw = dict(models=["tiny-llama"], datasets=["trec"], templates=["book"], seeds=[0], shots=[0, 1],
+              label_modes=["true"], max_queries=5, batch_size=4, load=lambda m: tiny, progress=False)
+    B.write_bundle(tmp_path / "plain", **kw)
+    assert not (tmp_path / "user-states").exists() or not any((tmp_path / "user-states").rglob("*"))
+    B.write_bundle(tmp_path / "cached", cache_root=tmp_path / "kept", **kw)
+    assert any((tmp_path / "kept").rglob("*.safetensors"))
+    assert B.read_bundle(tmp_path / "plain")[0].equals(B.read_bundle(tmp_path / "cached")[0])

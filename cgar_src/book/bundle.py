@@ -41,8 +41,10 @@ import json
 import random
 import re
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -255,6 +257,17 @@ def _write(path: Path, table, sidecar: dict) -> None:
     write_json_atomic(path.with_suffix(".json"), sidecar)
 
 
+@contextmanager
+def _state_folder(cache_root) -> Iterator:
+    """``cache_root`` when given, else a temporary folder removed on exit: a bundle keeps no hidden states by default
+    (the full-size run's would fill about 30 GB, float32, every layer), and a recomputation starts from scratch."""
+    if cache_root is not None:
+        yield cache_root
+        return
+    with tempfile.TemporaryDirectory(prefix="cgar-bundle-states-") as tmp:
+        yield tmp
+
+
 def write_bundle(path: str | Path, *, models: Sequence[str], datasets: Sequence[str], templates: Sequence[str],
                  seeds: Sequence[int], shots: Sequence[int], label_modes: Sequence[str], max_queries: int,
                  query_seed: int = 0, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
@@ -265,8 +278,10 @@ def write_bundle(path: str | Path, *, models: Sequence[str], datasets: Sequence[
     configuration of :func:`configurations` not yet in the file is computed with :func:`configuration_rows` and
     appended, and both files are rewritten atomically. A file written under other row parameters
     (:data:`ROW_PARAMETERS`) is refused (ValueError naming it). ``load(model_id)`` loads a model (default
-    ``cgar_src.lm.load_model(model_id, dtype=dtype, device=device)``); ``stop_after`` stops after that many new
-    configurations (tests of the resume). Returns the sidecar."""
+    ``cgar_src.lm.load_model(model_id, dtype=dtype, device=device)``); ``cache_root``: a state cache to keep the
+    hidden states in (default: none, each configuration's states live in a temporary folder removed after it; the
+    resume works per configuration); ``stop_after`` stops after that many new configurations (tests of the resume).
+    Returns the sidecar."""
     import pyarrow as pa
 
     from ..lm import load_model
@@ -324,9 +339,10 @@ def write_bundle(path: str | Path, *, models: Sequence[str], datasets: Sequence[
                 unembed = Unembed(lm.model, float32=True)
                 layers = bundle_layers(lm.n_layers, layer_fractions)
                 sidecar["models"][cfg.model] = {**lm.identity, "n_layers": lm.n_layers, "layers": layers}
-            cols, record = configuration_rows(lm, unembed, cfg, max_queries=max_queries, layers=layers,
-                                              query_seed=query_seed, batch_size=batch_size,
-                                              max_batch_tokens=max_batch_tokens, cache_root=cache_root, root=root)
+            with _state_folder(cache_root) as states:
+                cols, record = configuration_rows(lm, unembed, cfg, max_queries=max_queries, layers=layers,
+                                                  query_seed=query_seed, batch_size=batch_size,
+                                                  max_batch_tokens=max_batch_tokens, cache_root=states, root=root)
             new = _table(cfg, cols)
             table = new if table is None else pa.concat_tables([table, new], promote_options="permissive")
             sidecar["configurations"].append(record)
@@ -353,7 +369,7 @@ def write_bundle(path: str | Path, *, models: Sequence[str], datasets: Sequence[
 def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_configs: int = 2,
                   n_rows: int | None = None, seed: int | None = None, cache_root=None, root=None) -> list[dict]:
     """Recompute ``n_configs`` configurations of the bundle, drawn at random (``seed``; default: from the file's
-    sha256), from scratch (``cache_root``: pass an empty folder) and compare their rows: every column of a random
+    sha256), from scratch (``cache_root``: default a temporary folder, removed after each configuration) and compare their rows: every column of a random
     sample of ``n_rows`` rows (all rows when None). The whole configuration is recomputed, because the batches a
     query shares are part of its float path; predictions must be equal except where the recomputed label margin is
     within the tolerance (a near-tie), logits agree within ``cgar_src.lm.tolerance(dtype)`` times the configuration's
@@ -384,11 +400,12 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
         unembed = Unembed(lm.model, float32=True)
         # the thread count the configuration was written with: CPU kernels split their sums by thread, and in
         # bfloat16 a different split moves N_eff by up to ~10 % (measured); float32 is insensitive at the tolerance
-        with torch_threads(int(rec.get("torch_threads") or torch.get_num_threads())):
+        with torch_threads(int(rec.get("torch_threads") or torch.get_num_threads())), \
+                _state_folder(cache_root) as states:
             cols, new_rec = configuration_rows(lm, unembed, cfg, max_queries=p["max_queries"],
                                                layers=side["models"][cfg.model]["layers"], query_seed=p["query_seed"],
                                                batch_size=p["batch_size"], max_batch_tokens=p["max_batch_tokens"],
-                                               cache_root=cache_root, root=root)
+                                               cache_root=states, root=root)
         if new_rec["demo_set_key"] != rec["demo_set_key"] or new_rec["demo_rows"] != rec["demo_rows"]:
             raise AssertionError(f"{cfg.key()}: the demonstration set drawn now is not the stored one")
         mask = np.ones(table.num_rows, dtype=bool)
