@@ -202,7 +202,7 @@ def run_chapter(prof: dict, chapter: str, out: Path, *, chapters: str | Path | N
 def run_bundle(prof: dict, out: Path, *, progress: bool = True, stop_after: int | None = None) -> dict:
     """Write (or resume) the bundle of a bundle profile at ``out`` (``.parquet`` and ``.json``), then print the
     measured tokens/s per model and dataset and the estimated time of the same lists at full size (``max_queries``
-    1000: all of TREC's and SST-2's query splits). Returns the sidecar."""
+    1000: all 500 of TREC's query split, 1000 of SST-2's 1821 and of AG-News' 3800). Returns the sidecar."""
     from ..lm import load_model
     from ..tasks.data import TASKS, load_examples
     from .bundle import configurations, estimate_run, write_bundle
