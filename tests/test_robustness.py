@@ -161,3 +161,21 @@ def test_stored_bundle():
     c = cells[(cells["claim"] == "kshot_beats_zero") & (cells["dataset"] == ds) & (cells["shots"] == 1)].iloc[0]
     assert (c["n_a"], c["n_b"]) == (n10, n01)
     assert c["p_value"] == pytest.approx(binomtest(n10, n10 + n01, 0.5).pvalue if n10 + n01 else 1.0)
+
+
+def test_scale_note_tells_the_full_study_from_a_smaller_one():
+    rows = synthetic_rows()
+    side = {"parameters": {"dtype": "bfloat16", "max_queries": 40}}
+    sizes = rb.bundle_sizes(rows, side)
+    # the synthetic grid is not complete (6 of 9 cells), so even the matching profile is "smaller"
+    profile = {"models": ["m"], "datasets": ["d"], "templates": ["t0", "t1", "t2"], "seeds": [0, 1, 2],
+               "shots": [0, 1], "max_queries": 40}
+    assert not sizes["complete"]
+    assert rb.scale_note(sizes, profile).startswith("smaller than")
+    assert rb.scale_note({**sizes, "complete": True}, profile).startswith("the full study")
+    for key, other in (("seeds", [0, 1, 2, 3]), ("max_queries", 1000), ("models", ["m", "g"]), ("shots", [0, 1, 2])):
+        assert rb.scale_note({**sizes, "complete": True}, {**profile, key: other}).startswith("smaller than"), key
+    with pytest.raises(ValueError, match="sizes"):
+        rb.scale_note({}, profile)
+    with pytest.raises(ValueError, match="profile"):
+        rb.scale_note(sizes, {"models": ["m"]})

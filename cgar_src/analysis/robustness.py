@@ -46,7 +46,7 @@ import numpy as np
 from .stats import compare, sign_test
 
 __all__ = ["Claim", "CLAIMS", "QUANTITIES", "CELL", "last_layers", "cell_tests", "shares", "pooled_text",
-           "ledger_table", "wide_table", "bundle_sizes", "contrasts", "plot_shares", "ROBUST_COMMAND"]
+           "ledger_table", "wide_table", "bundle_sizes", "scale_note", "contrasts", "plot_shares", "ROBUST_COMMAND"]
 
 #: the command that writes the full-size bundle (5 seeds, 1000 queries per dataset, both models)
 ROBUST_COMMAND = "python -m cgar_src.book.run --profile robust"
@@ -278,6 +278,27 @@ def bundle_sizes(rows, sidecar: Mapping | None = None) -> dict:
         out["dtype"] = str(params.get("dtype", "unknown"))
         out["max_queries"] = int(params.get("max_queries", 0))
     return out
+
+
+def scale_note(sizes: Mapping, profile: Mapping) -> str:
+    """How the bundle stands against the study a profile defines (``load_profile("robust")``), as a phrase to glue:
+    "the full study ..." when its models, datasets, templates, seed count, shot counts and query budget
+    (``bundle_sizes`` with the sidecar) are the profile's and every model is complete, else "smaller than the study
+    ..." with the profile's sizes."""
+    if not isinstance(sizes, Mapping) or "complete" not in sizes:
+        raise ValueError("sizes must be the dict that bundle_sizes returns")
+    if not isinstance(profile, Mapping) or not {"models", "datasets", "templates", "seeds", "shots",
+                                                 "max_queries"} <= set(profile):
+        raise ValueError("profile must be a loaded profile with models, datasets, templates, seeds, shots and "
+                         "max_queries")
+    want = {"models": ", ".join(sorted(profile["models"])), "datasets": ", ".join(sorted(profile["datasets"])),
+            "templates": ", ".join(sorted(profile["templates"])), "n_seeds": len(profile["seeds"]),
+            "shots": ", ".join(str(k) for k in sorted(profile["shots"])), "max_queries": int(profile["max_queries"])}
+    study = (f"{', '.join(profile['models'])}; {len(profile['seeds'])} seeds, {len(profile['templates'])} templates, "
+             f"shots {want['shots']} and up to {want['max_queries']} queries per dataset")
+    if all(sizes.get(k) == v for k, v in want.items()) and sizes["complete"]:
+        return f"the full study that the robust profile defines ({study})"
+    return f"smaller than the study that the robust profile defines ({study})"
 
 
 def contrasts(table, threshold: float = 0.5) -> list[str]:
