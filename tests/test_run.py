@@ -28,13 +28,16 @@ def test_profiles_load_and_validate():
 
 def test_profile_chapters_declare_the_engine_parameters():
     """Every transformer chapter of a profile has a papermill parameters cell that takes the model settings and an
-    output folder, so `python -m cgar_src.book.run --profile paper` can re-point it to Llama-3 on a GPU."""
+    output folder, so `python -m cgar_src.book.run --profile paper` can re-point it to Llama-3 on a GPU. That
+    includes `max_batch_tokens`: the budget is part of the state-cache key, so a chapter that did not take the
+    profile's budget would miss the states its extraction stage wrote and compute them all again."""
     import papermill as pm
 
     for name in ("cpu", "paper"):
         for ch in load_profile(name)["chapters"]:
             declared = pm.inspect_notebook(str(ROOT / "chapters" / f"{ch}.ipynb"))
-            missing = {"model_id", "dtype", "device", "device_map", "batch_size", "out_dir"} - set(declared)
+            missing = {"model_id", "dtype", "device", "device_map", "max_batch_tokens", "batch_size",
+                       "out_dir"} - set(declared)
             assert not missing, f"{ch} lacks parameters {missing}"
             assert {"seed", "seeds"} & set(declared), f"{ch} declares neither seed nor seeds (demonstration sets)"
 
