@@ -85,27 +85,29 @@ def test_tiny_bundle_rows_follow_from_the_states(tiny, tmp_path):
     df = table.to_pandas()
     for ds, n_labels in (("sst2", 2), ("trec", 6)):
         part = df[df["dataset"] == ds]
-        z = np.stack(part["z_4"].to_numpy())
-        assert z.shape == (len(part), n_labels)
-        assert (part["pred_label"].to_numpy() == z.argmax(-1)).all()
-        assert (part["pred_calibrated"].to_numpy() == (z - np.stack(part["zcf"].to_numpy())).argmax(-1)).all()
+        for c in ("gold", "pred_label", "pred_calibrated", "pred_label_2", "pred_label_3"):
+            assert part[c].between(0, n_labels - 1).all(), (ds, c)
     assert set(df["pred_full"]) <= {-1, 0, 1, 2, 3, 4, 5}
     assert (df["mass_4"] >= 0).all() and (df["mass_4"] <= 1).all() and (df["neff_4"] >= 1).all()
-    # format 2: logit vectors at the last layer only, the answers below it
-    assert {"z_2", "z_3"}.isdisjoint(table.column_names) and {"pred_label_2", "pred_label_3"} <= set(df)
-    assert "pred_label_4" not in df and side["parameters"]["format"] == B.BUNDLE_FORMAT == "cgar-bundle-2"
+    # format 3: no logit vectors, their answers at every stored layer
+    assert not [c for c in table.column_names if c.startswith("z")] and {"pred_label_2", "pred_label_3"} <= set(df)
+    assert "pred_label_4" not in df and side["parameters"]["format"] == B.BUNDLE_FORMAT == "cgar-bundle-3"
     # the rows of one configuration are its states decoded by the lens
     cfg = cfgs[1]
     st = shared_task_states(tiny, cfg.dataset, n_queries=6, shots=cfg.shots, seed=cfg.seed, template=cfg.template,
-                            label_mode=cfg.label_mode, batch_size=4, cache_root=tmp_path / "cache", progress=False)
+                            label_mode=cfg.label_mode, batch_size=4, cache_root=tmp_path / "cache", progress=False,
+                            content_free=True)
     rows = df[(df["template"] == cfg.template) & (df["dataset"] == cfg.dataset) & (df["shots"] == cfg.shots)
               & (df["label_mode"] == cfg.label_mode)]
     assert list(rows["query"]) == st.query_rows and list(rows["gold"]) == st.labels.tolist()
+    from cgar_src.analysis.baselines import calibrated_predictions
     from cgar_src.analysis.lens import decode_stats
     from cgar_src.lm import Unembed
 
     dec = decode_stats(Unembed(tiny.model, float32=True), st.h[:, -1], st.label_ids)
-    np.testing.assert_allclose(np.stack(rows["z_4"].to_numpy()), dec.label_logits.numpy(), rtol=0, atol=1e-5)
+    z_cf = decode_stats(Unembed(tiny.model, float32=True), st.h_cf[None, -1], st.label_ids).label_logits[0]
+    assert (rows["pred_label"].to_numpy() == dec.label_logits.argmax(-1).numpy()).all()
+    assert (rows["pred_calibrated"].to_numpy() == calibrated_predictions(dec.label_logits, z_cf).numpy()).all()
     np.testing.assert_allclose(rows["neff_4"].to_numpy(np.float64), dec.n_eff.numpy(), rtol=2e-3)
     low = decode_stats(Unembed(tiny.model, float32=True), st.h[:, 3], st.label_ids)
     assert (rows["pred_label_3"].to_numpy() == low.label_logits.argmax(-1).numpy()).all()
@@ -227,31 +229,52 @@ def _sorted_rows(table):
     return sorted((tuple(sorted(r.items())) for r in table.to_pylist()), key=repr)
 
 
-def test_format1_converts_exactly_and_parts_merge(tiny, tiny6, tmp_path, monkeypatch):
+def test_older_formats_convert_exactly_and_parts_merge(tiny, tiny6, tmp_path, monkeypatch):
     loaded = {"tiny-llama": tiny, "tiny-six": tiny6}
     both = ["tiny-llama", "tiny-six"]
     direct = _two(tmp_path / "direct", tmp_path / "cache", both, loaded)
     t2, _ = B.read_bundle(tmp_path / "direct")
-    assert {"z_4", "z_6", "pred_label_4"} <= set(t2.column_names) and "z_3" not in t2.column_names
-    z4 = t2.column("z_4").to_pylist()
-    assert all((v is None) == (m == "tiny-six") for v, m in zip(z4, t2.column("model").to_pylist()))
-    # a format 1 file of the same rows (every layer's logits), converted in place, equals the direct file
+    assert {"pred_label_4", "mass_4", "mass_6"} <= set(t2.column_names) and "z_6" not in t2.column_names
+    p4 = t2.column("pred_label_4").to_pylist()
+    assert all((v is None) == (m == "tiny-llama") for v, m in zip(p4, t2.column("model").to_pylist()))
+    # files of the same rows in format 1 (every layer's logits) and format 2 (the last layer's logits and zcf),
+    # converted in place, equal the direct file
+    older = {"cgar-bundle-1": lambda cols: {k: v for k, v in cols.items() if "pred_label_" not in k},
+             "cgar-bundle-2": lambda cols: {k: v for k, v in cols.items()
+                                            if not (k.startswith("z_") and f"pred_label_{k[2:]}" in cols)}}
+    for fmt, columns in older.items():
+        with monkeypatch.context() as mp:
+            mp.setattr(B, "BUNDLE_FORMAT", fmt)
+            mp.setattr(B, "stored_columns", columns)
+            old = _two(tmp_path / fmt, tmp_path / "cache", both, loaded)
+        t1, _ = B.read_bundle(tmp_path / fmt)
+        assert old["parameters"]["format"] == fmt and {"z_6", "zcf"} <= set(t1.column_names)
+        with pytest.raises(ValueError, match="format"):
+            B.verify_bundle(tmp_path / fmt, lambda m, dt: loaded[m], n_configs=1, cache_root=tmp_path / "v0")
+        with pytest.raises(ValueError, match="other parameters"):      # an older file never resumes as format 3
+            _two(tmp_path / fmt, tmp_path / "cache", both, loaded)
+        conv = B.convert_bundle(tmp_path / fmt)
+        t1, _ = B.read_bundle(tmp_path / fmt)
+        assert conv["parameters"]["format"] == B.BUNDLE_FORMAT and conv["converted"]["from"] == fmt
+        assert sorted(t1.column_names) == sorted(t2.column_names) and _sorted_rows(t1) == _sorted_rows(t2)
+        with pytest.raises(ValueError, match="only 'cgar-bundle-1' and 'cgar-bundle-2' convert"):
+            B.convert_bundle(tmp_path / fmt)
+    # keeping the last layer only equals a run with layer_fractions [1.0], and that file verifies and resumes
     with monkeypatch.context() as mp:
-        mp.setattr(B, "BUNDLE_FORMAT", "cgar-bundle-1")
-        mp.setattr(B, "stored_columns", lambda cols: {k: v for k, v in cols.items() if "pred_label_" not in k})
-        old = _two(tmp_path / "old", tmp_path / "cache", both, loaded)
-    t1, _ = B.read_bundle(tmp_path / "old")
-    assert old["parameters"]["format"] == "cgar-bundle-1" and "z_3" in t1.column_names
-    with pytest.raises(ValueError, match="format"):
-        B.verify_bundle(tmp_path / "old", lambda m, dt: loaded[m], n_configs=1, cache_root=tmp_path / "v0")
-    with pytest.raises(ValueError, match="other parameters"):      # a format 1 file never resumes as format 2
-        _two(tmp_path / "old", tmp_path / "cache", both, loaded)
-    conv = B.convert_format1(tmp_path / "old")
-    t1, _ = B.read_bundle(tmp_path / "old")
-    assert conv["parameters"]["format"] == B.BUNDLE_FORMAT and conv["converted"]["from"] == "cgar-bundle-1"
-    assert sorted(t1.column_names) == sorted(t2.column_names) and _sorted_rows(t1) == _sorted_rows(t2)
-    with pytest.raises(ValueError, match="cgar-bundle-1"):
-        B.convert_format1(tmp_path / "old")
+        mp.setattr(B, "BUNDLE_FORMAT", "cgar-bundle-2")
+        mp.setattr(B, "stored_columns", older["cgar-bundle-2"])
+        _two(tmp_path / "last", tmp_path / "cache", both, loaded)
+    with pytest.raises(ValueError, match="ask for layers"):
+        B.convert_bundle(tmp_path / "last", layer_fractions=[0.1, 1.0])
+    conv = B.convert_bundle(tmp_path / "last", layer_fractions=[1.0])
+    only = _two(tmp_path / "only", tmp_path / "cache", both, loaded, layer_fractions=[1.0])
+    tl, _ = B.read_bundle(tmp_path / "last")
+    to, _ = B.read_bundle(tmp_path / "only")
+    assert conv["models"] == only["models"] and conv["parameters"]["layer_fractions"] == [1.0]
+    assert sorted(tl.column_names) == sorted(to.column_names) and _sorted_rows(tl) == _sorted_rows(to)
+    assert not [c for c in tl.column_names if c.startswith("pred_label_")]
+    assert _two(tmp_path / "last", tmp_path / "cache", both, loaded, layer_fractions=[1.0])["file"] == conv["file"]
+    assert B.verify_bundle(tmp_path / "last", lambda m, dt: loaded[m], n_configs=2, cache_root=tmp_path / "v2")
     # one process per model, merged: the same rows as one run of both, and it verifies from scratch
     for m in both:
         _two(tmp_path / m, tmp_path / "cache", [m], loaded)

@@ -17,14 +17,13 @@ A *configuration* is (model, dataset, template, seed, shots, label mode); its qu
   :func:`cgar_src.analysis.lens.decode_stats` computes them (the book's definitions, chapter ``07_memory_collapse``),
   stored as float16; below the last layer also ``pred_label_<l>``, that layer's label-restricted answer
   :math:`\arg\max_y z_y`;
-- ``z_<L>``: the last layer's label-restricted logits :math:`z_y = (W_U\,\mathrm{Norm}(h_L))_{t_y}` (a list, one per
-  label word, float32); ``zcf``: the content-free prompt's label logits at the last layer (the same for every row of
-  a configuration).
-
-Format ``cgar-bundle-2`` (:data:`BUNDLE_FORMAT`) stores the logit vectors at the last layer only: float32 logits do
-not compress (4 bytes each), and at every stored layer they were 85 % of the file, about 29 MB of the full-size
-run's 500 000 rows. The per-layer answers they served are kept as ``pred_label_<l>``. Format 1 files are converted
-exactly by :func:`convert_format1` (each ``pred_label_<l>`` is the argmax of the stored ``z_<l>``).
+Format ``cgar-bundle-3`` (:data:`BUNDLE_FORMAT`) stores no logit vectors: the label-restricted logits
+:math:`z_y = (W_U\,\mathrm{Norm}(h_l))_{t_y}` and the content-free prompt's :math:`z_{cf}` are computed (the answers
+above come from them, and :func:`verify_bundle` takes its tie margins from the recomputed ones) but not written.
+float32 logits do not compress (4 bytes each): at every stored layer they were 85 % of the file (format 1), at the
+last layer alone still half of it (format 2, 12.0 MB for the full-size run's 525,000 rows), and nothing reads them.
+Older files are converted exactly by :func:`convert_bundle` (format 1's ``pred_label_<l>`` is the argmax of the
+stored ``z_<l>``).
 
 The lens is float32 (``Unembed(model, float32=True)``) whatever the model's dtype. The file is parquet (zstd), with a
 JSON sidecar beside it: the parameters, each model's id, revision, dtype and layers, the code version (package
@@ -64,12 +63,12 @@ from ..tasks.templates import get_template
 from ..threads import torch_threads
 
 __all__ = ["Config", "configurations", "bundle_layers", "configuration_rows", "write_bundle", "read_bundle",
-           "verify_bundle", "bundle_frame", "stored_columns", "convert_format1", "merge_bundles", "code_version", "file_sha256", "estimate_run", "LAYER_FRACTIONS", "CONFIG_COLUMNS",
+           "verify_bundle", "bundle_frame", "stored_columns", "convert_bundle", "merge_bundles", "code_version", "file_sha256", "estimate_run", "LAYER_FRACTIONS", "CONFIG_COLUMNS",
            "BUNDLE_FORMAT"]
 
 #: depth fractions of the stored layers, fixed before any result was seen; the last layer (1.0) is always stored
 LAYER_FRACTIONS = (0.5, 0.67, 0.83, 1.0)
-BUNDLE_FORMAT = "cgar-bundle-2"
+BUNDLE_FORMAT = "cgar-bundle-3"
 #: parameters that determine the rows: a bundle resumes only under the same values
 ROW_PARAMETERS = ("format", "max_queries", "query_seed", "dtype", "layer_fractions", "batch_size", "max_batch_tokens")
 
@@ -146,8 +145,8 @@ def configuration_rows(lm: LoadedModel, unembed: Unembed, cfg: Config, *, max_qu
                        query_seed: int = 0, batch_size: int = 8, max_batch_tokens: int | None = None,
                        cache_root=None, root=None, progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """The rows of one configuration (module docstring) as columns, and its record for the sidecar (demonstration
-    set, tokens forwarded, seconds). The columns hold ``z_<l>`` at every stored layer (``verify_bundle`` needs the
-    margins); :func:`stored_columns` drops those below the last layer before a file is written. ``max_queries``: the queries are ``min(max_queries, size of the query split)``
+    set, tokens forwarded, seconds). The columns hold ``z_<l>`` at every stored layer and ``zcf`` (``verify_bundle``
+    needs the margins); :func:`stored_columns` drops them before a file is written. ``max_queries``: the queries are ``min(max_queries, size of the query split)``
     rows sampled with ``query_seed`` (at 1000: all of TREC's 500, 1000 of SST-2's 1821 and of AG-News' 3800)."""
     if cfg.model != lm.model_id:
         raise ValueError(f"cfg.model {cfg.model!r} is not the loaded model {lm.model_id!r}")
@@ -194,9 +193,13 @@ def configuration_rows(lm: LoadedModel, unembed: Unembed, cfg: Config, *, max_qu
 
 
 def stored_columns(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The columns a file stores (format ``cgar-bundle-2``): all but the logit vectors ``z_<l>`` of the layers below
-    the last, which are kept as their answers ``pred_label_<l>``."""
-    return {k: v for k, v in cols.items() if not (k.startswith("z_") and f"pred_label_{k[2:]}" in cols)}
+    """The columns a file stores (format ``cgar-bundle-3``): all but the logit vectors ``z_<l>`` and ``zcf``, which
+    are kept as their answers (``pred_label``, ``pred_calibrated``, ``pred_label_<l>``)."""
+    return {k: v for k, v in cols.items() if not _is_logits(k)}
+
+
+def _is_logits(name: str) -> bool:
+    return name == "zcf" or re.fullmatch(r"z_\d+", name) is not None
 
 
 def _table(cfg: Config, cols: dict[str, np.ndarray]):
@@ -385,8 +388,8 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
         raise AssertionError(f"bundle {path}: the file's sha256 is not the sidecar's")
     p = side["parameters"]
     if p.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"bundle {path} is format {p.get('format')!r}, not {BUNDLE_FORMAT!r}: convert a format 1 "
-                         "file with cgar_src.book.bundle.convert_format1")
+        raise ValueError(f"bundle {path} is format {p.get('format')!r}, not {BUNDLE_FORMAT!r}: convert an older "
+                         "file with cgar_src.book.bundle.convert_bundle")
     records = sorted(side["configurations"], key=lambda r: r["key"])
     rng = random.Random(int(side["file"]["sha256"][:8], 16) if seed is None else seed)
     picked = rng.sample(records, min(n_configs, len(records)))
@@ -456,37 +459,53 @@ def verify_bundle(path: str | Path, load: Callable[[str], LoadedModel], *, n_con
     return reports
 
 
-def convert_format1(path: str | Path) -> dict:
-    """Rewrite a ``cgar-bundle-1`` file (logit vectors ``z_<l>`` at every stored layer) as :data:`BUNDLE_FORMAT`
-    in place, atomically: each ``pred_label_<l>`` below the last layer is the argmax of the stored float32 ``z_<l>``
-    (first index on ties, as ``torch.argmax``), computed exactly as :func:`configuration_rows` computes it, and those
-    ``z_<l>`` are dropped. The sidecar records the conversion; its ``code_version`` stays that of the run that
-    computed the rows. Returns the new sidecar."""
+def convert_bundle(path: str | Path, layer_fractions: Sequence[float] | None = None) -> dict:
+    """Rewrite a ``cgar-bundle-1`` or ``cgar-bundle-2`` file as :data:`BUNDLE_FORMAT` in place, atomically, exactly:
+    in a format 1 file (logit vectors ``z_<l>`` at every stored layer) each ``pred_label_<l>`` below the last layer is
+    first the argmax of the stored float32 ``z_<l>`` (first index on ties, as ``torch.argmax``), computed as
+    :func:`configuration_rows` computes it; then every logit vector (``z_<l>``, ``zcf``) is dropped. With
+    ``layer_fractions`` only each model's layers ``bundle_layers(L, layer_fractions)`` are kept (they must be among
+    its stored ones), and the parameters say so, so that the file resumes and verifies under them. The sidecar records
+    the conversion; its ``code_version`` stays that of the run that computed the rows. Returns the new sidecar."""
     import pyarrow as pa
 
     table, side = read_bundle(path)
-    if side is None or side["parameters"].get("format") != "cgar-bundle-1":
-        raise ValueError(f"bundle {path} is not format 'cgar-bundle-1'")
-    if any(c.startswith("pred_label_") for c in table.column_names):
+    fmt = (side or {}).get("parameters", {}).get("format")
+    if fmt not in ("cgar-bundle-1", "cgar-bundle-2"):
+        raise ValueError(f"bundle {path} is format {fmt!r}: only 'cgar-bundle-1' and 'cgar-bundle-2' convert")
+    if fmt == "cgar-bundle-1" and any(c.startswith("pred_label_") for c in table.column_names):
         raise ValueError(f"bundle {path} already holds pred_label_<l> columns: not a format 1 file")
     model = np.asarray(table.column("model").to_pylist())
     below = {m: set(info["layers"][:-1]) for m, info in side["models"].items()}
-    for name in [c for c in table.column_names if re.fullmatch(r"z_\d+", c)]:
-        layer = int(name[2:])
-        rows = np.isin(model, [m for m, ls in below.items() if layer in ls])     # rows where layer is below the last
-        if not rows.any():
-            continue
-        z = table.column(name).to_pylist()
-        pred = np.array([np.argmax(v) if r else 0 for v, r in zip(z, rows)], dtype=np.int8)
-        table = table.append_column(f"pred_label_{layer}", pa.array(pred, mask=~rows))
-        keep = [None if r else v for v, r in zip(z, rows)]
-        if all(v is None for v in keep):
-            table = table.drop_columns([name])
-        else:
-            table = table.set_column(table.column_names.index(name), name,
-                                     pa.array(keep, type=table.schema.field(name).type))
+    for name in [c for c in table.column_names if re.fullmatch(r"z_\d+", c)] if fmt == "cgar-bundle-1" else []:
+        rows = np.isin(model, [m for m, ls in below.items() if int(name[2:]) in ls])   # layer below the last
+        if rows.any():
+            pred = np.array([np.argmax(v) if r else 0 for v, r in zip(table.column(name).to_pylist(), rows)],
+                            dtype=np.int8)
+            table = table.append_column(f"pred_label_{name[2:]}", pa.array(pred, mask=~rows))
+    table = table.drop_columns([c for c in table.column_names if _is_logits(c)])
+    if layer_fractions is not None:
+        keep = {}
+        for m, info in side["models"].items():
+            keep[m] = bundle_layers(info["layers"][-1], layer_fractions)
+            if not set(keep[m]) <= set(info["layers"]):
+                raise ValueError(f"layer_fractions {list(layer_fractions)} ask for layers {keep[m]} of {m}, which "
+                                 f"stores {info['layers']}")
+            info["layers"] = keep[m]
+        for c in list(table.column_names):
+            if hit := re.fullmatch(r"(mass|neff|pred_label)_(\d+)", c):
+                valid = np.asarray(table.column(c).is_valid())
+                kept = valid & np.isin(model, [m for m, ls in keep.items() if int(hit.group(2)) in ls])
+                if not kept.any():
+                    table = table.drop_columns([c])
+                elif (valid & ~kept).any():   # kept for one model, dropped for another: that model's values nulled
+                    vals = table.column(c).to_pylist()
+                    table = table.set_column(table.column_names.index(c), c, pa.array(
+                        [v if r else None for v, r in zip(vals, kept)], type=table.schema.field(c).type))
+        side["parameters"]["layer_fractions"] = list(layer_fractions)
     side["parameters"]["format"] = BUNDLE_FORMAT
-    side["converted"] = {"from": "cgar-bundle-1", "by": "cgar_src.book.bundle.convert_format1",
+    side["converted"] = {"from": fmt, "by": "cgar_src.book.bundle.convert_bundle",
+                         "layer_fractions": None if layer_fractions is None else list(layer_fractions),
                          "code_version": code_version()}
     _write(Path(path).with_suffix(".parquet"), table, side)
     return side
