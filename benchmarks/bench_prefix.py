@@ -25,9 +25,10 @@ demonstration set per configuration: ``cgar_src.tasks.demos.draw_demo_set`` with
 The per-query baseline runs on the first ``--full-queries`` queries only (its cost per query does not depend on how
 many there are; it is the slow path), the shared prefix on all ``--n-queries``.
 
-The last line reads ``worst tokens-per-query ratio: X; engine fraction of fp32 peak: Y``: X is the largest amortised
-ratio of the shared-prefix engine over all configurations, Y its FLOPs over its wall time, all configurations
-together, divided by the peak.
+The last line reads ``worst tokens-per-query ratio: X; engine fraction of fp32 peak: Y (float32; bfloat16 engine:
+Z)``: X is the largest amortised ratio of the shared-prefix engine over all configurations, Y the float32 engine's
+FLOPs over its wall time, all configurations together, divided by the peak, and Z the same FLOPs over the bfloat16
+engine's wall time (the number format the bundles run in), against the same fp32 peak; Z is absent with ``--no-bf16``.
 
     python benchmarks/bench_prefix.py [--n-queries 300] [--full-queries 32] [--batch-size 8] [--no-bf16] [--datasets sst2 agnews trec] [--shots 0 1 2 4]
     python benchmarks/bench_prefix.py --n-queries 4 --datasets sst2          # smoke test
@@ -127,6 +128,11 @@ def matmul_peak(n: int, reps: int, device: torch.device) -> float:
     return 2.0 * n ** 3 / best
 
 
+def _rate(rows: list[dict], flops: str, wall: str) -> float:
+    """FLOP/s of all configurations together: their FLOPs over their wall time."""
+    return sum(r[flops] for r in rows) / sum(r[wall] for r in rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model id or path (default: the offline default)")
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "own_tokens": own, "tokens_full": n_full, "tokens_shared": res.tokens_forwarded,
                    "full_queries": nf, "ratio_full": n_full / own_f, "ratio_shared": res.tokens_forwarded / own,
                    "s_per_query_full": t_full / nf, "s_per_query_shared": t_shared / args.n_queries,
-                   "wall_shared": t_shared, "flops_shared": flops,
+                   "wall_shared": t_shared, "flops_shared": flops, "wall_full": t_full, "flops_full": flops_full,
                    "fraction_of_peak_shared": flops / t_shared / peak,
                    "fraction_of_peak_full": flops_full / t_full / peak, "max_rel_diff": rel}
             extra = ""
@@ -229,25 +235,35 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['s_per_query_shared']:11.4f}{row['s_per_query_full'] / row['s_per_query_shared']:9.2f}{row['fraction_of_peak_shared']:10.3f}"
                   f"{rel:13.1e}" + extra)
     worst = max(r["ratio_shared"] for r in rows)
-    achieved = sum(r["flops_shared"] for r in rows) / sum(r["wall_shared"] for r in rows)
+    achieved = _rate(rows, "flops_shared", "wall_shared")
     fraction = achieved / peak
     mean_query = sum(r["own_tokens"] for r in rows) / sum(r["n_queries"] for r in rows)
     ceiling = shape_ceiling(lm.model, max(1, round(args.batch_size * mean_query)), args.peak_reps, device)
+    # the per-query prompts' forward passes (whole prompts, the old design) on the same model, in the same run
+    fraction_full = _rate(rows, "flops_full", "wall_full") / peak
     print(f"engine: {achieved / 1e9:.1f} GFLOP/s; the model's own matmul shapes at {round(args.batch_size * mean_query)} "
           f"rows reach {ceiling / 1e9:.1f} GFLOP/s here ({ceiling / peak:.3f} of the square peak); the engine is at "
-          f"{achieved / ceiling:.3f} of that ceiling")
+          f"{achieved / ceiling:.3f} of that ceiling; the per-query prompts' forward passes reach {fraction_full:.3f} "
+          f"of the peak")
+    fraction16 = None
     if lm16 is not None:
         tok16 = sum(r["tokens_shared"] for r in rows) / sum(r["wall_shared_bf16"] for r in rows)
         tok32 = sum(r["tokens_shared"] for r in rows) / sum(r["wall_shared"] for r in rows)
+        # the same FLOPs (same tokens, same attention) done in the bfloat16 engine's wall time, against the fp32 peak
+        fraction16 = _rate(rows, "flops_shared", "wall_shared_bf16") / peak
         print(f"bf16: {tok16:.0f} tokens/s against {tok32:.0f} in fp32 ({tok16 / tok32:.2f}x); largest relative "
-              f"state difference {max(r['max_rel_diff_bf16'] for r in rows):.2e}")
+              f"state difference {max(r['max_rel_diff_bf16'] for r in rows):.2e}; the bfloat16 engine (the bundles') "
+              f"does the same FLOPs at {fraction16:.3f} of the fp32 peak")
     out = {"model": lm.model_id, "device": str(device), "peak_flops": peak, "body_matmul_weights": weights,
            "rows": rows, "worst_ratio": worst, "engine_fraction_of_peak": fraction, "shape_ceiling_flops": ceiling,
-           "engine_fraction_of_shape_ceiling": achieved / ceiling, "args": vars(args)}
+           "engine_fraction_of_shape_ceiling": achieved / ceiling, "engine_fraction_of_peak_bf16": fraction16,
+           "per_query_fraction_of_peak": fraction_full,
+           "args": vars(args)}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1)
-    print(f"worst tokens-per-query ratio: {worst:.3f}; engine fraction of fp32 peak: {fraction:.3f}")
+    print(f"worst tokens-per-query ratio: {worst:.3f}; engine fraction of fp32 peak: {fraction:.3f}"
+          + (f" (float32; bfloat16 engine: {fraction16:.3f})" if fraction16 is not None else " (float32)"))
     return out
 
 

@@ -30,6 +30,25 @@ def test_smoke_run_prints_the_summary_line(bench, capsys):
     assert last.startswith("worst tokens-per-query ratio: ") and "; engine fraction of fp32 peak: " in last
     assert out["worst_ratio"] >= 1.0 and out["shape_ceiling_flops"] > 0
     assert all(r["max_rel_diff"] < 1e-3 for r in out["rows"])           # the two paths give the same states
+    assert out["engine_fraction_of_peak_bf16"] is None and last.endswith(" (float32)")
+    assert out["per_query_fraction_of_peak"] == pytest.approx(
+        sum(r["flops_full"] for r in out["rows"]) / sum(r["wall_full"] for r in out["rows"]) / out["peak_flops"])
+
+
+def test_smoke_run_in_bfloat16_reports_its_fraction_of_the_fp32_peak(bench, capsys):
+    from cgar_src.book.params import cpu_supports_bfloat16
+
+    if not cpu_supports_bfloat16():
+        pytest.skip("this CPU has neither AMX nor AVX512-BF16")
+    out = bench.main(["--n-queries", "3", "--full-queries", "2", "--datasets", "trec", "--shots", "1",
+                      "--bf16", "--peak-size", "128", "--peak-reps", "1"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    f16 = out["engine_fraction_of_peak_bf16"]
+    assert f16 > 0 and last.endswith(f"(float32; bfloat16 engine: {f16:.3f})")
+    # the same FLOPs over the bfloat16 wall time
+    row = out["rows"][0]
+    assert f16 == pytest.approx(row["flops_shared"] / row["wall_shared_bf16"] / out["peak_flops"])
+    assert row["max_rel_diff_bf16"] < 0.2
 
 
 def test_attention_flops_follow_head_size_and_sliding_windows(bench):
