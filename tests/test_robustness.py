@@ -172,7 +172,9 @@ def test_scale_note_tells_the_full_study_from_a_smaller_one():
                "shots": [0, 1], "max_queries": 40}
     assert not sizes["complete"]
     assert rb.scale_note(sizes, profile).startswith("smaller than")
-    assert rb.scale_note({**sizes, "complete": True}, profile).startswith("the full study")
+    assert rb.scale_note({**sizes, "complete": True}, profile).startswith("the full study that the profile defines")
+    # the phrase names the profile it was given, not always "robust"
+    assert "the robust_small profile" in rb.scale_note(sizes, {**profile, "profile": "robust_small"})
     for key, other in (("seeds", [0, 1, 2, 3]), ("max_queries", 1000), ("models", ["m", "g"]), ("shots", [0, 1, 2])):
         assert rb.scale_note({**sizes, "complete": True}, {**profile, key: other}).startswith("smaller than"), key
     with pytest.raises(ValueError, match="sizes"):

@@ -294,11 +294,12 @@ def scale_note(sizes: Mapping, profile: Mapping) -> str:
     want = {"models": ", ".join(sorted(profile["models"])), "datasets": ", ".join(sorted(profile["datasets"])),
             "templates": ", ".join(sorted(profile["templates"])), "n_seeds": len(profile["seeds"]),
             "shots": ", ".join(str(k) for k in sorted(profile["shots"])), "max_queries": int(profile["max_queries"])}
+    name = f"the {profile['profile']} profile" if profile.get("profile") else "the profile"
     study = (f"{', '.join(profile['models'])}; {len(profile['seeds'])} seeds, {len(profile['templates'])} templates, "
              f"shots {want['shots']} and up to {want['max_queries']} queries per dataset")
     if all(sizes.get(k) == v for k, v in want.items()) and sizes["complete"]:
-        return f"the full study that the robust profile defines ({study})"
-    return f"smaller than the study that the robust profile defines ({study})"
+        return f"the full study that {name} defines ({study})"
+    return f"smaller than the study that {name} defines ({study})"
 
 
 def contrasts(table, threshold: float = 0.5) -> list[str]:
