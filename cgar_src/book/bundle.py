@@ -16,7 +16,8 @@ A *configuration* is (model, dataset, template, seed, shots, label mode); its qu
   ``neff_<l>``, :math:`N_{eff} = \exp H(\mathrm{softmax}(W_U\,\mathrm{Norm}(h)))`, both as
   :func:`cgar_src.analysis.lens.decode_stats` computes them (the book's definitions, chapter ``07_memory_collapse``),
   stored as float16; below the last layer also ``pred_label_<l>``, that layer's label-restricted answer
-  :math:`\arg\max_y z_y`;
+  :math:`\arg\max_y z_y` (the ``robust`` profile stores the last layer only).
+
 Format ``cgar-bundle-3`` (:data:`BUNDLE_FORMAT`) stores no logit vectors: the label-restricted logits
 :math:`z_y = (W_U\,\mathrm{Norm}(h_l))_{t_y}` and the content-free prompt's :math:`z_{cf}` are computed (the answers
 above come from them, and :func:`verify_bundle` takes its tie margins from the recomputed ones) but not written.
